@@ -1,0 +1,319 @@
+/* spindle: an adaptive busy-polling event loop for Linux.
+ * SPDX-License-Identifier: MIT
+ *
+ * One context (spindle_ctx) owns fd handlers, bottom halves (deferred calls)
+ * and timers. spindle_poll() runs one iteration of the loop: it busy-polls
+ * the user's io_poll callbacks for a few microseconds when events come fast,
+ * and sleeps in the kernel (ppoll or epoll) when they do not, adapting the
+ * polling window on every blocking iteration.
+ *
+ * Conventions used throughout this header:
+ * - Functions returning int return 0 on success or a negative errno value.
+ *   Constructors return NULL and set errno.
+ * - "Loop thread" means the thread currently running spindle_poll() on the
+ *   context, or any thread while no iteration runs. Functions not marked
+ *   "any thread" must be called from the loop thread only.
+ * - Callbacks run on the loop thread, inside spindle_poll().
+ * - Costs are given in terms of n = number of registered fd handlers,
+ *   b = number of scheduled bottom halves, t = number of armed timers.
+ */
+#ifndef SPINDLE_H
+#define SPINDLE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define SPINDLE_API __attribute__((visibility("default")))
+#else
+#define SPINDLE_API
+#endif
+
+#define SPINDLE_VERSION_MAJOR 0
+#define SPINDLE_VERSION_MINOR 1
+#define SPINDLE_VERSION_PATCH 0
+
+typedef struct spindle_ctx spindle_ctx;
+typedef struct spindle_bh spindle_bh;
+typedef struct spindle_timer spindle_timer;
+typedef struct spindle_notifier spindle_notifier;
+
+/* Callback for fd readiness, poll_begin/poll_end, bottom halves and timers. */
+typedef void spindle_io_fn(void *opaque);
+/* Busy-poll callback: check a user-space completion source (a ring, a flag
+ * in shared memory) and process it. Return true if it made progress. It is
+ * called very often while the loop spins, so it must be cheap when idle. */
+typedef bool spindle_poll_fn(void *opaque);
+
+typedef enum {
+    SPINDLE_BACKEND_AUTO,     /* io_uring if usable, else poll then epoll */
+    SPINDLE_BACKEND_POLL,     /* ppoll(2) over every registered fd: O(n) */
+    SPINDLE_BACKEND_EPOLL,    /* epoll(7) from creation on */
+    SPINDLE_BACKEND_IO_URING, /* io_uring; this version falls back to epoll */
+} spindle_backend;
+
+typedef struct spindle_options {
+    spindle_backend backend; /* AUTO honours $SPINDLE_BACKEND */
+    int64_t poll_max_ns;     /* < 0: default (32768); 0: busy polling off */
+    int64_t poll_grow;       /* 0: default (2); must not be negative */
+    int64_t poll_shrink;     /* 0: reset the window to 0 on shrink */
+} spindle_options;
+
+/* ------------------------------------------------------------------------
+ * Context
+ */
+
+/* Create a context with default options (AUTO back-end, polling window up
+ * to 32768 ns). Returns NULL with errno ENOMEM, EMFILE or ENFILE on resource
+ * exhaustion; nothing is leaked then. Any thread. */
+SPINDLE_API spindle_ctx *spindle_ctx_new(void);
+
+/* Create a context with options; o may be NULL for the defaults. The back-end
+ * is chosen as follows: SPINDLE_BACKEND_AUTO reads $SPINDLE_BACKEND
+ * ("poll", "epoll" or "io_uring"; anything else is ignored) and otherwise
+ * starts on poll and switches to epoll for good once 64 or more fds are
+ * registered. SPINDLE_BACKEND_EPOLL uses epoll from creation on. Whatever
+ * was asked, epoll failing at run time makes the context fall back to poll
+ * for good, and io_uring (not part of this version) means epoll.
+ * Errors: NULL + errno EINVAL (unknown back-end, negative grow or shrink),
+ * ENOMEM, EMFILE, ENFILE. Any thread. */
+SPINDLE_API spindle_ctx *spindle_ctx_new_opts(const spindle_options *o);
+
+/* Release the context and everything it owns: fd handler registrations,
+ * bottom halves (scheduled or not, oneshots included), timers (armed or not)
+ * and event-notifier registrations. Their handles become invalid: do not use
+ * or free them afterwards. No callback runs. User fds and spindle_notifier
+ * objects are not closed or freed. Must not be called while an iteration
+ * runs (not from a callback). NULL is ignored. Cost O(n + b + t). */
+SPINDLE_API void spindle_ctx_free(spindle_ctx *ctx);
+
+/* Run one iteration of the loop (SPEC section 2): compute the timeout,
+ * busy-poll io_poll callbacks for up to the current window, wait in the
+ * back-end if still needed, then run scheduled bottom halves, ready fd
+ * handlers and expired timers.
+ *
+ * Returns true if it made progress: a callback other than the context's own
+ * wake-up ran (an fd handler, a non-idle bottom half, a timer, or an io_poll
+ * that returned true). With blocking false it never sleeps. With blocking
+ * true it sleeps until something happens, but may still return false
+ * (a wake-up from spindle_notify, a signal, a change made on the loop thread
+ * itself); callers loop until their own condition holds.
+ *
+ * Nested calls from a callback on the loop thread are allowed. A call while
+ * another thread is inside spindle_poll() on the same context returns false
+ * at once with errno EBUSY and changes nothing. NULL: false, errno EINVAL.
+ * Cost: O(ready handlers + scheduled bottom halves + fired timers * log t)
+ * with epoll; the poll back-end adds O(n). */
+SPINDLE_API bool spindle_poll(spindle_ctx *ctx, bool blocking);
+
+/* Wake the loop: a blocking spindle_poll() that is sleeping, or about to,
+ * returns soon after. Costs no system call unless the loop has announced
+ * that it is about to sleep in the kernel. Never loses a wake-up. Any
+ * thread, async-signal-safe. NULL is ignored. */
+SPINDLE_API void spindle_notify(spindle_ctx *ctx);
+
+/* Set the busy-polling parameters and restart the window at 0. max_ns 0
+ * turns busy polling off; grow 0 means 2; shrink 0 means "reset the window to
+ * 0" when it shrinks. Returns 0, or -EINVAL for a NULL context or a negative
+ * parameter (nothing is changed then). Loop thread. O(1). */
+SPINDLE_API int spindle_set_poll_params(spindle_ctx *ctx, int64_t max_ns,
+                                        int64_t grow, int64_t shrink);
+
+/* The current polling window in ns (0 when not polling). -EINVAL for NULL.
+ * Any thread (the value may be stale by the time it is read). */
+SPINDLE_API int64_t spindle_get_poll_ns(const spindle_ctx *ctx);
+
+/* The back-end in use: "poll", "epoll" or "io_uring". An AUTO context
+ * reports "poll" until it switches to epoll. NULL for a NULL context.
+ * Any thread (may change right after an AUTO switch or an epoll failure). */
+SPINDLE_API const char *spindle_backend_name(const spindle_ctx *ctx);
+
+/* How long a blocking iteration would sleep now, in ns: 0 if a non-idle
+ * bottom half is scheduled; else the time to the earliest timer deadline
+ * (capped at 10 ms while an idle bottom half is scheduled); else -1
+ * (infinite). -EINVAL for NULL. Loop thread. Cost O(b). */
+SPINDLE_API int64_t spindle_compute_timeout(spindle_ctx *ctx);
+
+/* Counters for tuning busy polling. Updated by the loop thread; read them
+ * from the loop thread (other threads may see values that tear between
+ * fields, never a torn field). */
+typedef struct spindle_stats {
+    uint64_t iterations;     /* spindle_poll() calls that ran (not EBUSY) */
+    uint64_t kernel_waits;   /* iterations that called the back-end wait */
+    uint64_t blocking_waits; /* ... of them with a non-zero timeout */
+    uint64_t poll_hits;      /* busy-poll spins ended by an event */
+    uint64_t poll_misses;    /* busy-poll spins that ran out of window */
+    uint64_t stale_fds;      /* registered fds found closed and disarmed */
+    int64_t poll_ns;         /* the current polling window */
+    int64_t poll_max_ns;     /* its upper bound; 0: busy polling off */
+} spindle_stats;
+
+/* Copy the counters into *out. 0, or -EINVAL if ctx or out is NULL. */
+SPINDLE_API int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out);
+
+/* ------------------------------------------------------------------------
+ * File descriptors
+ */
+
+/* Register, update or remove the handler of fd.
+ * - io_read runs when fd is readable, hung up or in error; io_write when it
+ *   is writable or in error; io_poll is busy-polled (see spindle_poll_fn).
+ *   All receive opaque. Readiness is level-triggered.
+ * - Registering an fd that is already registered replaces its callbacks (a
+ *   new record is installed; poll_begin/poll_end carry over).
+ * - All three of io_read, io_write and io_poll NULL removes the handler.
+ *   Removing always succeeds, even after fd was closed. Once the removal
+ *   returns on the loop thread, the handler is never called again; this
+ *   holds from inside any callback, the handler's own included.
+ * - is_external handlers are left alone (not dispatched, polled or waited
+ *   on) while spindle_disable_external() is in force.
+ * A registered fd that gets closed without being removed is disarmed: the
+ * poll back-end sees it as invalid, stops waiting on it and counts it in
+ * stats.stale_fds; epoll drops it by itself. No callback runs for it and the
+ * loop does not spin; remove it (or register the fd number again) as usual.
+ * Returns 0; -EINVAL for a NULL context; -EBADF when registering or updating
+ * a negative fd or one that is not open; -ENOMEM. Any thread: a change made
+ * from another thread takes effect by the next iteration and wakes the loop.
+ * Cost O(1) (plus an epoll_ctl with the epoll back-end). */
+SPINDLE_API int spindle_set_fd_handler(spindle_ctx *ctx, int fd,
+                                       bool is_external,
+                                       spindle_io_fn *io_read,
+                                       spindle_io_fn *io_write,
+                                       spindle_poll_fn *io_poll,
+                                       void *opaque);
+
+/* Set the callbacks run on fd's handler when the context starts busy polling
+ * (poll_begin: for example disable the device's notifications) and when it
+ * stops before sleeping in the kernel (poll_end: re-enable them). Each
+ * receives the handler's opaque. A context enters the busy-polling state once
+ * and keeps it across non-blocking iterations; it leaves it right before a
+ * kernel wait with a non-zero timeout, and then checks every io_poll once
+ * more, since an event may have raced with the re-enabled notifications.
+ * Ignored for an unregistered fd or a NULL context. Loop thread. O(1). */
+SPINDLE_API void spindle_set_fd_poll(spindle_ctx *ctx, int fd,
+                                     spindle_io_fn *poll_begin,
+                                     spindle_io_fn *poll_end);
+
+/* Nestable: while disable has been called more often than enable, external
+ * handlers (and event notifiers registered as external) are neither
+ * dispatched nor polled nor waited on. Events that arrive meanwhile are
+ * delivered once the count returns to zero. The loop does not spin while
+ * disabled. Any thread. O(1); while disabled, an epoll context waits with
+ * ppoll over the internal handlers, O(n). NULL is ignored. */
+SPINDLE_API void spindle_disable_external(spindle_ctx *ctx);
+SPINDLE_API void spindle_enable_external(spindle_ctx *ctx);
+
+/* ------------------------------------------------------------------------
+ * Event notifiers: a settable flag backed by an fd (an eventfd, or a pipe in
+ * builds configured with -Deventfd=false). They belong to the user, not to a
+ * context; free them after removing their registration.
+ */
+
+/* Create a notifier, initially set if active. NULL + errno (EMFILE, ENFILE,
+ * ENOMEM). Any thread. */
+SPINDLE_API spindle_notifier *spindle_notifier_new(bool active);
+/* Close and free it. NULL is ignored. */
+SPINDLE_API void spindle_notifier_free(spindle_notifier *n);
+/* Make the notifier's fd readable. Sets before a clear coalesce into one.
+ * 0, or -EINVAL for NULL. Any thread, async-signal-safe. One write(2). */
+SPINDLE_API int spindle_notifier_set(spindle_notifier *n);
+/* Return whether the notifier was set, and clear it. false for NULL. */
+SPINDLE_API bool spindle_notifier_test_and_clear(spindle_notifier *n);
+/* The fd to wait on (readable while set); -EINVAL for NULL. */
+SPINDLE_API int spindle_notifier_fd(const spindle_notifier *n);
+
+/* spindle_set_fd_handler() on the notifier's fd with io_read and io_poll
+ * (no io_write). io_read and io_poll both NULL removes the registration.
+ * io_read does not clear the notifier: call test_and_clear in it.
+ * Returns as spindle_set_fd_handler, and -EINVAL for a NULL notifier.
+ * Any thread. */
+SPINDLE_API int spindle_set_event_notifier(spindle_ctx *ctx,
+                                           spindle_notifier *n,
+                                           bool is_external,
+                                           spindle_io_fn *io_read,
+                                           spindle_poll_fn *io_poll,
+                                           void *opaque);
+/* spindle_set_fd_poll() on the notifier's fd. Loop thread. */
+SPINDLE_API void spindle_set_event_notifier_poll(spindle_ctx *ctx,
+                                                 spindle_notifier *n,
+                                                 spindle_io_fn *begin,
+                                                 spindle_io_fn *end);
+
+/* ------------------------------------------------------------------------
+ * Bottom halves: deferred calls run by the loop thread in a later
+ * iteration. Scheduling never allocates and never fails.
+ */
+
+/* Create an unscheduled bottom half. NULL + errno EINVAL (NULL ctx or cb) or
+ * ENOMEM. Loop thread. O(1). */
+SPINDLE_API spindle_bh *spindle_bh_new(spindle_ctx *ctx, spindle_io_fn *cb,
+                                       void *opaque);
+/* Schedule it: cb runs once on the loop thread in a later spindle_poll(),
+ * never synchronously. Scheduling a scheduled bottom half does nothing (the
+ * calls coalesce) and only a call that changes the state wakes the loop.
+ * A bottom half that schedules itself from cb runs again in the next
+ * iteration, not the same one. Bottom halves scheduled from one thread run
+ * in the order they were scheduled. Any thread; lock-free; O(1). NULL is
+ * ignored. */
+SPINDLE_API void spindle_bh_schedule(spindle_bh *bh);
+/* Schedule as an idle bottom half: it does not wake the loop, its run does
+ * not count as progress, and while it is scheduled the loop sleeps at most
+ * 10 ms. Any thread; lock-free; O(1). */
+SPINDLE_API void spindle_bh_schedule_idle(spindle_bh *bh);
+/* Unschedule it; a cancelled bottom half does not run until scheduled again.
+ * Any thread; O(1). NULL is ignored. */
+SPINDLE_API void spindle_bh_cancel(spindle_bh *bh);
+/* Cancel and free it. Safe from inside any callback, its own included; a
+ * scheduled bottom half that is deleted never runs. Loop thread. O(1). */
+SPINDLE_API void spindle_bh_delete(spindle_bh *bh);
+/* Run cb(opaque) once in a later iteration, then free what this allocated.
+ * 0, -EINVAL (NULL ctx or cb) or -ENOMEM. Any thread. O(1). */
+SPINDLE_API int spindle_bh_oneshot(spindle_ctx *ctx, spindle_io_fn *cb,
+                                   void *opaque);
+
+/* ------------------------------------------------------------------------
+ * Timers: one-shot, on an absolute deadline in ns of their clock.
+ */
+
+typedef enum { SPINDLE_CLOCK_MONOTONIC, SPINDLE_CLOCK_REALTIME } spindle_clock;
+
+/* The clock's current time in ns (CLOCK_MONOTONIC or CLOCK_REALTIME);
+ * -EINVAL for an unknown clock. Any thread. */
+SPINDLE_API int64_t spindle_now_ns(spindle_clock clock);
+
+/* Create a disarmed timer. NULL + errno EINVAL (NULL ctx or cb, unknown
+ * clock) or ENOMEM. Reserves all that arming will need. Loop thread. */
+SPINDLE_API spindle_timer *spindle_timer_new(spindle_ctx *ctx,
+                                             spindle_clock clock,
+                                             spindle_io_fn *cb, void *opaque);
+/* Arm (or re-arm) it to fire at expire_ns on its clock. It fires once, on the
+ * loop thread, in the first iteration at or after the deadline, never
+ * before; it is no longer pending when cb runs, and cb may re-arm or free it.
+ * A timer armed while timers are running waits for a later iteration even if
+ * its deadline has passed. Timers fire in deadline order, equal deadlines in
+ * the order they were armed. Wakes the loop if the earliest deadline moved
+ * earlier. Any thread; never allocates; O(log t). NULL is ignored. */
+SPINDLE_API void spindle_timer_mod(spindle_timer *t, int64_t expire_ns);
+/* Like spindle_timer_mod, but only ever moves the deadline earlier: a timer
+ * armed for an earlier time is left alone; a disarmed one is armed. */
+SPINDLE_API void spindle_timer_mod_anticipate(spindle_timer *t,
+                                              int64_t expire_ns);
+/* Disarm it (it will not fire until armed again). Any thread; O(log t). */
+SPINDLE_API void spindle_timer_del(spindle_timer *t);
+/* Disarm and free it. Safe from inside any callback, its own included.
+ * Loop thread. O(log t). NULL is ignored. */
+SPINDLE_API void spindle_timer_free(spindle_timer *t);
+/* Whether it is armed. Any thread. O(1). false for NULL. */
+SPINDLE_API bool spindle_timer_pending(const spindle_timer *t);
+/* Its deadline, or -1 if it is not armed (or NULL). Any thread. O(1). */
+SPINDLE_API int64_t spindle_timer_expire_ns(const spindle_timer *t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPINDLE_H */

@@ -1,0 +1,259 @@
+/* The context and its iteration.
+ * SPDX-License-Identifier: MIT
+ *
+ * spindle_poll() below is the whole iteration and reads top to bottom as
+ * the numbered steps of SPEC section 2; each step's machinery lives in the
+ * file named beside it.
+ */
+#include "ctx.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static spindle_backend backend_from_env(void)
+{
+    const char *v = getenv("SPINDLE_BACKEND");
+    if (!v) {
+        return SPINDLE_BACKEND_AUTO;
+    }
+    if (!strcmp(v, "poll")) {
+        return SPINDLE_BACKEND_POLL;
+    }
+    if (!strcmp(v, "epoll")) {
+        return SPINDLE_BACKEND_EPOLL;
+    }
+    if (!strcmp(v, "io_uring")) {
+        return SPINDLE_BACKEND_IO_URING;
+    }
+    return SPINDLE_BACKEND_AUTO;
+}
+
+spindle_ctx *spindle_ctx_new(void)
+{
+    return spindle_ctx_new_opts(NULL);
+}
+
+spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
+{
+    spindle_options opt = { .backend = SPINDLE_BACKEND_AUTO,
+                            .poll_max_ns = -1 };
+    if (o) {
+        opt = *o;
+    }
+    if ((unsigned)opt.backend > SPINDLE_BACKEND_IO_URING ||
+        opt.poll_grow < 0 || opt.poll_shrink < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (opt.backend == SPINDLE_BACKEND_AUTO) {
+        opt.backend = backend_from_env();
+    }
+
+    spindle_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    ctx->poll_max_ns = opt.poll_max_ns < 0 ? SP_POLL_MAX_NS_DEFAULT
+                                           : opt.poll_max_ns;
+    ctx->poll_grow = opt.poll_grow;
+    ctx->poll_shrink = opt.poll_shrink;
+    ctx->epollfd = -1;
+    atomic_init(&ctx->fdmon, &sp_fdmon_poll);
+    ctx->epoll_auto = opt.backend == SPINDLE_BACKEND_AUTO;
+
+    int r = sp_timers_init(ctx);
+    if (r < 0) {
+        goto fail_ctx;
+    }
+    r = sp_notifier_init(&ctx->wake, false);
+    if (r < 0) {
+        goto fail_timers;
+    }
+    sp_handlers_init(ctx);
+    /* Before any handler exists, so every registration goes through the
+     * chosen monitor. Failing here leaves the context on poll. io_uring is
+     * not part of this version: it means epoll, as when a kernel refuses
+     * io_uring. */
+    if (opt.backend == SPINDLE_BACKEND_EPOLL ||
+        opt.backend == SPINDLE_BACKEND_IO_URING) {
+        sp_fdmon_epoll_enable(ctx);
+    }
+    /* The context's own wake-up: polled, so a busy loop sees a notify at
+     * no system call, and waited on, so a sleeping loop is woken. */
+    r = sp_handler_set(ctx, ctx->wake.rfd, false, sp_notify_wake_read, NULL,
+                       sp_notify_wake_poll, ctx, true);
+    if (r < 0) {
+        goto fail_handlers;
+    }
+    return ctx;
+
+fail_handlers:
+    sp_handlers_destroy(ctx);
+    sp_notifier_destroy(&ctx->wake);
+fail_timers:
+    sp_timers_destroy(ctx);
+fail_ctx:
+    free(ctx);
+    errno = -r;
+    return NULL;
+}
+
+void spindle_ctx_free(spindle_ctx *ctx)
+{
+    if (!ctx) {
+        return;
+    }
+    sp_bh_destroy_all(ctx);
+    sp_timers_destroy(ctx);
+    sp_handlers_destroy(ctx);
+    sp_notifier_destroy(&ctx->wake);
+    free(ctx);
+}
+
+/* One thread at a time runs the iteration; the same thread may nest. */
+static bool loop_enter(spindle_ctx *ctx)
+{
+    uintptr_t self = sp_thread_id();
+    uintptr_t owner = atomic_load_explicit(&ctx->owner, memory_order_relaxed);
+    if (owner == self) {
+        ctx->depth++;
+        return true;
+    }
+    /* Acquire pairs with the release in loop_leave(): a thread that takes
+     * over the context sees what the previous one left. */
+    owner = 0;
+    if (!atomic_compare_exchange_strong_explicit(&ctx->owner, &owner, self,
+                                                 memory_order_acquire,
+                                                 memory_order_relaxed)) {
+        return false;
+    }
+    ctx->depth = 1;
+    return true;
+}
+
+static void loop_leave(spindle_ctx *ctx)
+{
+    if (--ctx->depth == 0) {
+        atomic_store_explicit(&ctx->owner, 0, memory_order_release);
+    }
+}
+
+bool spindle_poll(spindle_ctx *ctx, bool blocking)
+{
+    if (!ctx) {
+        errno = EINVAL;
+        return false;
+    }
+    if (!loop_enter(ctx)) {
+        errno = EBUSY;
+        return false;
+    }
+    SP_STAT_INC(ctx, iterations);
+
+    /* Only blocking iterations wait, so only they teach the window. */
+    bool adapt = blocking && ctx->poll_max_ns;
+    int64_t start = adapt ? sp_now() : 0;
+    int64_t work_ns = 0;
+    int64_t *work = adapt ? &work_ns : NULL;
+    sp_ready ready = { NULL };
+    bool progress;
+
+    sp_walk_begin(ctx);
+
+    /* 1. How long may this iteration sleep? (bh.c, timer.c) */
+    int64_t timeout = blocking ? spindle_compute_timeout(ctx) : 0;
+
+    /* 2. Busy-poll the io_poll handlers (polling.c). */
+    progress = sp_polling_try(ctx, &timeout, work);
+
+    /* 3. Wait in the kernel if polling cannot be enough (fdmon-*.c). */
+    if (timeout || sp_handlers_unpolled(ctx)) {
+        bool announced = false;
+        if (timeout) {
+            progress |= sp_polling_leave(ctx, &timeout, work);
+        }
+        if (timeout) {
+            /* notify.c: from here a notifier writes the eventfd. */
+            announced = sp_notify_announce(ctx);
+            if (!announced) {
+                timeout = 0;
+            }
+        }
+        SP_STAT_INC(ctx, kernel_waits);
+        if (timeout) {
+            SP_STAT_INC(ctx, blocking_waits);
+        }
+        const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
+                                                   memory_order_acquire);
+        mon->wait(ctx, &ready, timeout);
+
+        /* 4. Withdraw the announcement. */
+        if (announced) {
+            sp_notify_withdraw(ctx);
+        }
+    }
+    /* 4. Accept the wake-ups: what they announced is looked at below. */
+    sp_notify_accept(ctx);
+
+    /* 5. Adapt the window to the time waited. */
+    if (adapt) {
+        sp_polling_adapt(ctx, sp_now() - start - work_ns);
+    }
+
+    /* 6. Bottom halves, ready handlers, then expired timers. */
+    progress |= sp_bh_poll(ctx);
+    progress |= sp_handlers_dispatch(ctx, &ready);
+    sp_walk_end(ctx);
+    progress |= sp_timers_run(ctx);
+
+    loop_leave(ctx);
+    return progress;
+}
+
+int64_t spindle_compute_timeout(spindle_ctx *ctx)
+{
+    if (!ctx) {
+        return -EINVAL;
+    }
+    enum sp_bh_state bh = sp_bh_scan(ctx);
+    if (bh == SP_BH_BUSY) {
+        return 0;
+    }
+    int64_t timeout = sp_timers_timeout(ctx);
+    if (bh == SP_BH_IDLE_ONLY &&
+        (timeout < 0 || timeout > SP_IDLE_BH_TIMEOUT_NS)) {
+        timeout = SP_IDLE_BH_TIMEOUT_NS;
+    }
+    return timeout;
+}
+
+const char *spindle_backend_name(const spindle_ctx *ctx)
+{
+    if (!ctx) {
+        return NULL;
+    }
+    return atomic_load_explicit(&ctx->fdmon, memory_order_acquire)->name;
+}
+
+int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out)
+{
+    if (!ctx || !out) {
+        return -EINVAL;
+    }
+#define SP_STAT_READ(field) \
+    atomic_load_explicit(&ctx->field, memory_order_relaxed)
+    *out = (spindle_stats){
+        .iterations = SP_STAT_READ(iterations),
+        .kernel_waits = SP_STAT_READ(kernel_waits),
+        .blocking_waits = SP_STAT_READ(blocking_waits),
+        .poll_hits = SP_STAT_READ(poll_hits),
+        .poll_misses = SP_STAT_READ(poll_misses),
+        .stale_fds = SP_STAT_READ(stale_fds),
+        .poll_ns = SP_STAT_READ(poll_ns),
+        .poll_max_ns = ctx->poll_max_ns,
+    };
+#undef SP_STAT_READ
+    return 0;
+}

@@ -1,0 +1,214 @@
+/* The context's layout and the functions the files of src/ share.
+ * SPDX-License-Identifier: MIT
+ *
+ * One section per concept, in the order of the iteration. Fields are
+ * grouped by which thread may touch them; every shared field is an atomic
+ * or is protected by the lock its comment names.
+ */
+#ifndef SPINDLE_CTX_H
+#define SPINDLE_CTX_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "spindle.h"
+#include "spindle-config.h"
+#include "fdmon.h"
+#include "list.h"
+#include "lockcnt.h"
+
+#define SP_EPOLL_THRESHOLD 64           /* user fds before AUTO picks epoll */
+#define SP_POLL_MAX_NS_DEFAULT 32768
+#define SP_POLL_GROW_DEFAULT 2
+#define SP_POLL_START_NS 4000
+#define SP_IDLE_BH_TIMEOUT_NS 10000000  /* 10 ms */
+
+/* ---- clock.c */
+
+static inline int64_t sp_clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The one time source for the loop's own measurements. */
+static inline int64_t sp_now(void)
+{
+    return sp_clock_ns(CLOCK_MONOTONIC);
+}
+
+/* ---- notifier.c */
+
+struct spindle_notifier {
+    int rfd; /* waited on; readable while set */
+    int wfd; /* written by set; the same fd as rfd for an eventfd */
+};
+
+int sp_notifier_init(struct spindle_notifier *n, bool active);
+void sp_notifier_destroy(struct spindle_notifier *n);
+
+/* ---- handlers.c */
+
+/* A registration. Records are replaced, never edited, while other threads
+ * may read them: an update installs a new record and retires the old. */
+struct sp_handler {
+    sp_link all;    /* every live handler; walked by the poll monitor */
+    sp_link polled; /* live handlers with an io_poll; walked while spinning */
+    sp_handler *ready_next;   /* loop thread: membership of a ready list */
+    sp_handler **ready_pprev; /* NULL when in none */
+    sp_handler *zombie_next;  /* retired, waiting for the walkers to leave */
+    spindle_io_fn *io_read;
+    spindle_io_fn *io_write;
+    spindle_poll_fn *io_poll;
+    spindle_io_fn *poll_begin; /* changed in place by spindle_set_fd_poll(),
+                                * under the lock, on the loop thread only */
+    spindle_io_fn *poll_end;
+    void *opaque;
+    int fd;
+    int revents;       /* loop thread: what the last wait reported */
+    short events;      /* POLLIN and/or POLLOUT */
+    bool is_external;
+    bool internal;     /* the context's own wake-up: never progress */
+    bool stale;        /* loop thread: found closed, no longer waited on */
+    atomic_bool deleted;
+    atomic_bool poll_started; /* poll_begin ran, poll_end not yet */
+};
+
+/* The handlers a wait found ready; lives on the stack of one iteration. A
+ * nested iteration that finds a handler again takes it over. */
+struct sp_ready {
+    sp_handler *first;
+};
+
+void sp_ready_add(sp_ready *ready, sp_handler *h, int revents);
+
+void sp_handlers_init(spindle_ctx *ctx);
+void sp_handlers_destroy(spindle_ctx *ctx);
+int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
+                   spindle_io_fn *io_read, spindle_io_fn *io_write,
+                   spindle_poll_fn *io_poll, void *opaque, bool internal);
+/* Whether the loop may call h now: not retired, not held back by
+ * spindle_disable_external(). */
+bool sp_handler_enabled(spindle_ctx *ctx, const sp_handler *h);
+bool sp_handlers_dispatch(spindle_ctx *ctx, sp_ready *ready);
+/* Whether some live handler has no io_poll, so that busy polling cannot
+ * see every event: the need_wait() of the poll and epoll monitors. */
+bool sp_handlers_unpolled(spindle_ctx *ctx);
+/* Bracket every walk of the lists (lockcnt.h). */
+void sp_walk_begin(spindle_ctx *ctx);
+void sp_walk_end(spindle_ctx *ctx);
+
+/* ---- notify.c */
+
+bool sp_notify_announce(spindle_ctx *ctx); /* false: a wake-up is pending */
+void sp_notify_withdraw(spindle_ctx *ctx);
+void sp_notify_accept(spindle_ctx *ctx);
+void sp_notify_wake_read(void *opaque);
+bool sp_notify_wake_poll(void *opaque);
+/* spindle_notify(), skipped when the caller is the thread inside this
+ * context's iteration: that thread re-reads everything before it sleeps. */
+void sp_notify_remote(spindle_ctx *ctx);
+bool sp_on_loop_thread(const spindle_ctx *ctx);
+/* This thread's identity, as stored in ctx->owner. */
+uintptr_t sp_thread_id(void);
+
+/* ---- polling.c */
+
+/* Step 2. *timeout is updated: 0 after any hit, else reduced by the time
+ * spun. Time spent in io_poll calls that made progress and in
+ * poll_begin/poll_end is added to *work_ns. */
+bool sp_polling_try(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns);
+/* Before a kernel wait with a non-zero timeout: leave the busy-polling
+ * state and check every io_poll once more. */
+bool sp_polling_leave(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns);
+/* Step 5. */
+void sp_polling_adapt(spindle_ctx *ctx, int64_t block_ns);
+
+/* ---- bh.c */
+
+typedef struct sp_bh_slice sp_bh_slice;
+
+enum sp_bh_state { SP_BH_NONE, SP_BH_IDLE_ONLY, SP_BH_BUSY };
+enum sp_bh_state sp_bh_scan(spindle_ctx *ctx);
+bool sp_bh_poll(spindle_ctx *ctx);
+void sp_bh_destroy_all(spindle_ctx *ctx);
+
+/* ---- timer.c */
+
+typedef struct sp_timer_heap {
+    spindle_timer **slot; /* [0, armed): heap by (deadline, seq);
+                           * [armed, count): disarmed timers */
+    uint32_t armed;
+    uint32_t count;
+    uint32_t capacity;
+} sp_timer_heap;
+
+int sp_timers_init(spindle_ctx *ctx);
+void sp_timers_destroy(spindle_ctx *ctx);
+bool sp_timers_run(spindle_ctx *ctx);
+int64_t sp_timers_timeout(spindle_ctx *ctx); /* -1: none armed */
+
+/* ---- the context (ctx.c) */
+
+/* Counters are written by the loop thread only; a relaxed store keeps
+ * readers on other threads free of torn values without an atomic add. */
+#define SP_STAT_INC(ctx, field)                                          \
+    atomic_store_explicit(&(ctx)->field, atomic_load_explicit(           \
+        &(ctx)->field, memory_order_relaxed) + 1, memory_order_relaxed)
+
+struct spindle_ctx {
+    /* Which thread runs the iteration (the address of a thread-local) and
+     * how deeply it is nested. */
+    _Atomic uintptr_t owner;
+    unsigned depth;
+
+    /* Notify protocol (notify.c, docs/notify-protocol.md). */
+    atomic_bool notified;
+    atomic_bool notify_me;
+    struct spindle_notifier wake;
+
+    /* Handlers (handlers.c). Lists and table change under list_lock. */
+    sp_lockcnt list_lock;
+    sp_link handlers;
+    sp_link polled;
+    sp_handler **fd_table;  /* list_lock */
+    int fd_table_size;      /* list_lock */
+    unsigned user_fds;      /* list_lock */
+    atomic_int poll_disable_cnt; /* live handlers without io_poll */
+    _Atomic(sp_handler *) zombies;
+    atomic_uint external_disable_cnt;
+
+    /* The fd monitor; replaced under list_lock, read by the loop. */
+    _Atomic(const sp_fdmon *) fdmon;
+    bool epoll_auto;        /* list_lock: AUTO may still switch to epoll */
+    int epollfd;            /* -1 until epoll is set up */
+    struct pollfd *pollfds; /* loop thread: the poll monitor's scratch */
+    sp_handler **pollnodes;
+    unsigned pollcap;
+
+    /* Adaptive busy polling (polling.c). Loop thread, but for poll_ns,
+     * which any thread may read. */
+    _Atomic int64_t poll_ns;
+    int64_t poll_max_ns, poll_grow, poll_shrink;
+    bool poll_started;
+
+    /* Bottom halves (bh.c). */
+    _Atomic(spindle_bh *) bh_stack; /* scheduled, newest first; any thread */
+    sp_bh_slice *bh_slices;         /* loop thread: batches being run */
+    spindle_bh *bh_all;             /* loop thread: every non-oneshot BH */
+
+    /* Timers (timer.c), under timer_lock. */
+    pthread_mutex_t timer_lock;
+    sp_timer_heap timers[2];
+    uint32_t timer_seq;
+
+    /* Statistics: loop thread writes (SP_STAT_INC). */
+    _Atomic uint64_t iterations, kernel_waits, blocking_waits;
+    _Atomic uint64_t poll_hits, poll_misses, stale_fds;
+};
+
+#endif

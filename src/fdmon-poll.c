@@ -1,0 +1,90 @@
+/* The poll fd monitor: ppoll(2) over every live handler.
+ * SPDX-License-Identifier: MIT
+ *
+ * The portable fallback and the AUTO start: it keeps no kernel state, so
+ * update() has nothing to do and wait() builds the fd array afresh from the
+ * handler list each time: O(n) per wait, which is why AUTO moves to epoll at
+ * 64 fds. Because it is stateless, the epoll monitor also borrows wait()
+ * while external handlers are disabled.
+ *
+ * The fd array is the context's scratch, used only between filling it and
+ * reading the results back, with no callback in between, so nested
+ * iterations can share it.
+ *
+ * An fd that was closed behind the loop's back comes back as POLLNVAL on
+ * every call; reporting it would spin the loop, so the record is marked
+ * stale, left out of later waits and counted in the statistics.
+ */
+#include "ctx.h"
+
+#include <poll.h>
+#include <stdlib.h>
+
+static void poll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
+{
+    (void)ctx;
+    (void)old;
+    (void)new_h;
+}
+
+static bool poll_reserve(spindle_ctx *ctx, unsigned n)
+{
+    if (n < ctx->pollcap) {
+        return true;
+    }
+    unsigned cap = ctx->pollcap ? ctx->pollcap * 2 : 16;
+    struct pollfd *fds = realloc(ctx->pollfds, sizeof(*fds) * cap);
+    if (!fds) {
+        return false;
+    }
+    ctx->pollfds = fds;
+    sp_handler **nodes = realloc(ctx->pollnodes, sizeof(*nodes) * cap);
+    if (!nodes) {
+        return false;
+    }
+    ctx->pollnodes = nodes;
+    ctx->pollcap = cap;
+    return true;
+}
+
+static void poll_wait(spindle_ctx *ctx, sp_ready *ready, int64_t timeout_ns)
+{
+    unsigned n = 0;
+
+    for (sp_link *l = sp_list_first(&ctx->handlers); l != &ctx->handlers;
+         l = sp_list_next(l)) {
+        sp_handler *h = sp_container_of(l, sp_handler, all);
+        if (!h->events || h->stale || !sp_handler_enabled(ctx, h)) {
+            continue;
+        }
+        if (!poll_reserve(ctx, n)) {
+            break; /* out of memory: wait on the fds that fit */
+        }
+        ctx->pollfds[n] = (struct pollfd){ .fd = h->fd, .events = h->events };
+        ctx->pollnodes[n++] = h;
+    }
+
+    struct timespec ts = { .tv_sec = timeout_ns / 1000000000,
+                           .tv_nsec = timeout_ns % 1000000000 };
+    int r = ppoll(ctx->pollfds, n, timeout_ns < 0 ? NULL : &ts, NULL);
+    for (unsigned i = 0; r > 0 && i < n; i++) {
+        int revents = ctx->pollfds[i].revents;
+        if (!revents) {
+            continue;
+        }
+        r--;
+        if (revents & POLLNVAL) {
+            ctx->pollnodes[i]->stale = true;
+            SP_STAT_INC(ctx, stale_fds);
+            continue;
+        }
+        sp_ready_add(ready, ctx->pollnodes[i], revents);
+    }
+}
+
+const sp_fdmon sp_fdmon_poll = {
+    .name = "poll",
+    .update = poll_update,
+    .wait = poll_wait,
+    .need_wait = sp_handlers_unpolled,
+};

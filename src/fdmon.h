@@ -1,0 +1,47 @@
+/* The fd monitor interface: how the loop waits for fd readiness.
+ * SPDX-License-Identifier: MIT
+ *
+ * A monitor is a small table of functions, switched at run time (an AUTO
+ * context moves from poll to epoll at 64 fds; epoll falls back to poll for
+ * good when the kernel refuses it). The loop owns the iteration; a monitor
+ * only keeps the kernel's view of the handler set and waits.
+ *
+ * Threads: update() runs with the handler lock held, on any thread, because
+ * handlers may be registered from any thread. wait() and need_wait() run on
+ * the loop thread inside an iteration, with a walker count held, so no
+ * handler record that wait() reports can be freed before it is dispatched.
+ */
+#ifndef SPINDLE_FDMON_H
+#define SPINDLE_FDMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "spindle.h"
+
+typedef struct sp_handler sp_handler;
+typedef struct sp_ready sp_ready;
+
+typedef struct sp_fdmon {
+    const char *name;
+    /* Replace `old` by `new` in the kernel's set; either may be NULL (a new
+     * registration, a removal). Failures are handled inside: a monitor that
+     * cannot go on switches the context to poll. */
+    void (*update)(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h);
+    /* Wait up to timeout_ns (-1: no limit, 0: do not block) and add the
+     * ready handlers to *ready with sp_ready_add(). */
+    void (*wait)(spindle_ctx *ctx, sp_ready *ready, int64_t timeout_ns);
+    /* Whether wait() must run even with a zero timeout because busy polling
+     * cannot see every event source. */
+    bool (*need_wait)(spindle_ctx *ctx);
+} sp_fdmon;
+
+extern const sp_fdmon sp_fdmon_poll;
+extern const sp_fdmon sp_fdmon_epoll;
+
+/* Create the context's epoll set and add every live handler; on success
+ * the context uses epoll from now on. Handler lock held. false: epoll is
+ * unusable and the context stays on poll for good. */
+bool sp_fdmon_epoll_enable(spindle_ctx *ctx);
+
+#endif

@@ -1,0 +1,325 @@
+/* fd handlers: registration from any thread, dispatch on the loop thread.
+ * SPDX-License-Identifier: MIT
+ *
+ * The loop walks two lists (every handler; handlers with an io_poll) while
+ * other threads may register or remove handlers. Writers hold the lockcnt's
+ * lock; the loop counts itself as a walker for the whole iteration. A record
+ * is never edited once published: an update inserts a new record and
+ * retires the old one. A retired record is unlinked at once (a walker on it
+ * still finds its way on) and freed right away if no iteration runs, or
+ * else by the last walker to leave (sp_walk_end). That is what makes removal
+ * from inside a callback, or from another thread mid-iteration, safe.
+ *
+ * fd_table maps an fd to its live record in O(1), so registration does not
+ * walk the list; it is only touched under the lock.
+ */
+#include "ctx.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void free_chain(sp_handler *h)
+{
+    while (h) {
+        sp_handler *next = h->zombie_next;
+        free(h);
+        h = next;
+    }
+}
+
+void sp_walk_begin(spindle_ctx *ctx)
+{
+    sp_lockcnt_inc(&ctx->list_lock);
+}
+
+void sp_walk_end(spindle_ctx *ctx)
+{
+    /* Zombies are only ever added under the lock, so a NULL seen here may
+     * miss one being added right now; the next iteration frees it. */
+    if (!atomic_load_explicit(&ctx->zombies, memory_order_relaxed)) {
+        sp_lockcnt_dec(&ctx->list_lock);
+        return;
+    }
+    if (sp_lockcnt_dec_and_lock(&ctx->list_lock)) {
+        sp_handler *z = atomic_exchange_explicit(&ctx->zombies, NULL,
+                                                 memory_order_relaxed);
+        sp_lockcnt_unlock(&ctx->list_lock);
+        free_chain(z);
+    }
+}
+
+bool sp_handler_enabled(spindle_ctx *ctx, const sp_handler *h)
+{
+    return !atomic_load_explicit(&h->deleted, memory_order_relaxed) &&
+           (!h->is_external ||
+            !atomic_load_explicit(&ctx->external_disable_cnt,
+                                  memory_order_relaxed));
+}
+
+bool sp_handlers_unpolled(spindle_ctx *ctx)
+{
+    return atomic_load_explicit(&ctx->poll_disable_cnt,
+                                memory_order_relaxed) > 0;
+}
+
+/* Ready lists: a handler sits in at most one. A nested iteration whose wait
+ * reports a handler still queued in an outer iteration's list takes it
+ * over, so the handler runs once, in the iteration that saw it last. */
+static void ready_unlink(sp_handler *h)
+{
+    if (h->ready_pprev) {
+        *h->ready_pprev = h->ready_next;
+        if (h->ready_next) {
+            h->ready_next->ready_pprev = h->ready_pprev;
+        }
+        h->ready_pprev = NULL;
+    }
+}
+
+void sp_ready_add(sp_ready *ready, sp_handler *h, int revents)
+{
+    ready_unlink(h);
+    h->revents = revents;
+    h->ready_next = ready->first;
+    if (ready->first) {
+        ready->first->ready_pprev = &h->ready_next;
+    }
+    ready->first = h;
+    h->ready_pprev = &ready->first;
+}
+
+bool sp_handlers_dispatch(spindle_ctx *ctx, sp_ready *ready)
+{
+    bool progress = false;
+    sp_handler *h;
+
+    while ((h = ready->first) != NULL) {
+        ready_unlink(h);
+        int revents = h->revents;
+        /* Each call may remove any handler, this one included: check again
+         * before every call. Events of a disabled external handler are
+         * dropped here and reported again (level-triggered) once enabled. */
+        if ((revents & (POLLIN | POLLHUP | POLLERR)) && h->io_read &&
+            sp_handler_enabled(ctx, h)) {
+            h->io_read(h->opaque);
+            progress |= !h->internal;
+        }
+        if ((revents & (POLLOUT | POLLERR)) && h->io_write &&
+            sp_handler_enabled(ctx, h)) {
+            h->io_write(h->opaque);
+            progress = true;
+        }
+    }
+    return progress;
+}
+
+static int fd_table_reserve(spindle_ctx *ctx, int fd)
+{
+    if (fd < ctx->fd_table_size) {
+        return 0;
+    }
+    int size = ctx->fd_table_size ? ctx->fd_table_size : 64;
+    while (size <= fd) {
+        size *= 2;
+    }
+    sp_handler **t = realloc(ctx->fd_table, sizeof(*t) * (size_t)size);
+    if (!t) {
+        return -ENOMEM;
+    }
+    memset(t + ctx->fd_table_size, 0,
+           sizeof(*t) * (size_t)(size - ctx->fd_table_size));
+    ctx->fd_table = t;
+    ctx->fd_table_size = size;
+    return 0;
+}
+
+/* Lock held. Insert a filled record; it takes over `old`'s poll state,
+ * which belongs to the fd, not to the record. */
+static void install(spindle_ctx *ctx, sp_handler *h, const sp_handler *old)
+{
+    if (old) {
+        h->poll_begin = old->poll_begin;
+        h->poll_end = old->poll_end;
+        atomic_init(&h->poll_started,
+                    atomic_load_explicit(&old->poll_started,
+                                         memory_order_relaxed));
+    }
+    sp_list_insert_head(&ctx->handlers, &h->all);
+    if (h->io_poll) {
+        sp_list_insert_head(&ctx->polled, &h->polled);
+    } else {
+        atomic_fetch_add_explicit(&ctx->poll_disable_cnt, 1,
+                                  memory_order_relaxed);
+    }
+    ctx->fd_table[h->fd] = h;
+}
+
+/* Lock held. Returns the record if the caller may free it now. */
+static sp_handler *retire(spindle_ctx *ctx, sp_handler *old)
+{
+    atomic_store_explicit(&old->deleted, true, memory_order_relaxed);
+    sp_list_unlink(&old->all);
+    if (old->io_poll) {
+        sp_list_unlink(&old->polled);
+    } else {
+        atomic_fetch_sub_explicit(&ctx->poll_disable_cnt, 1,
+                                  memory_order_relaxed);
+    }
+    if (ctx->fd_table[old->fd] == old) {
+        ctx->fd_table[old->fd] = NULL;
+    }
+    if (sp_lockcnt_count(&ctx->list_lock) == 0) {
+        return old;
+    }
+    old->zombie_next = atomic_load_explicit(&ctx->zombies,
+                                            memory_order_relaxed);
+    atomic_store_explicit(&ctx->zombies, old, memory_order_relaxed);
+    return NULL;
+}
+
+int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
+                   spindle_io_fn *io_read, spindle_io_fn *io_write,
+                   spindle_poll_fn *io_poll, void *opaque, bool internal)
+{
+    sp_handler *h = NULL;
+    bool removing = !io_read && !io_write && !io_poll;
+
+    if (!ctx) {
+        return -EINVAL;
+    }
+    if (removing) {
+        if (fd < 0) {
+            return 0;
+        }
+    } else {
+        if (fd < 0 || fcntl(fd, F_GETFD) < 0) {
+            return -EBADF;
+        }
+        h = calloc(1, sizeof(*h));
+        if (!h) {
+            return -ENOMEM;
+        }
+        h->fd = fd;
+        h->io_read = io_read;
+        h->io_write = io_write;
+        h->io_poll = io_poll;
+        h->opaque = opaque;
+        h->events = (short)((io_read ? POLLIN : 0) | (io_write ? POLLOUT : 0));
+        h->is_external = is_external;
+        h->internal = internal;
+    }
+
+    sp_lockcnt_lock(&ctx->list_lock);
+    sp_handler *old = fd < ctx->fd_table_size ? ctx->fd_table[fd] : NULL;
+    if (h && fd_table_reserve(ctx, fd) < 0) {
+        sp_lockcnt_unlock(&ctx->list_lock);
+        free(h);
+        return -ENOMEM;
+    }
+    if (!h && !old) {
+        sp_lockcnt_unlock(&ctx->list_lock);
+        return 0;
+    }
+    if (h) {
+        install(ctx, h, old);
+    }
+    sp_handler *free_now = old ? retire(ctx, old) : NULL;
+    if (!internal) {
+        ctx->user_fds += (unsigned)(h && !old) - (unsigned)(!h && old);
+    }
+    atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)->update(ctx, old, h);
+    if (ctx->epoll_auto && ctx->user_fds >= SP_EPOLL_THRESHOLD) {
+        ctx->epoll_auto = false;
+        sp_fdmon_epoll_enable(ctx);
+    }
+    sp_lockcnt_unlock(&ctx->list_lock);
+
+    sp_notify_remote(ctx);
+    free(free_now);
+    return 0;
+}
+
+int spindle_set_fd_handler(spindle_ctx *ctx, int fd, bool is_external,
+                           spindle_io_fn *io_read, spindle_io_fn *io_write,
+                           spindle_poll_fn *io_poll, void *opaque)
+{
+    return sp_handler_set(ctx, fd, is_external, io_read, io_write, io_poll,
+                          opaque, false);
+}
+
+void spindle_set_fd_poll(spindle_ctx *ctx, int fd, spindle_io_fn *poll_begin,
+                         spindle_io_fn *poll_end)
+{
+    if (!ctx || fd < 0) {
+        return;
+    }
+    /* In place, but under the lock: only the loop thread calls this and
+     * walks the lists; the lock keeps writers that copy these fields into a
+     * replacement record from reading them half-changed. */
+    sp_lockcnt_lock(&ctx->list_lock);
+    sp_handler *h = fd < ctx->fd_table_size ? ctx->fd_table[fd] : NULL;
+    if (h && !h->internal) {
+        h->poll_begin = poll_begin;
+        h->poll_end = poll_end;
+    }
+    sp_lockcnt_unlock(&ctx->list_lock);
+}
+
+void spindle_disable_external(spindle_ctx *ctx)
+{
+    if (ctx) {
+        atomic_fetch_add_explicit(&ctx->external_disable_cnt, 1,
+                                  memory_order_relaxed);
+    }
+}
+
+void spindle_enable_external(spindle_ctx *ctx)
+{
+    if (!ctx) {
+        return;
+    }
+    unsigned n = atomic_load_explicit(&ctx->external_disable_cnt,
+                                      memory_order_relaxed);
+    do {
+        if (n == 0) {
+            return; /* unbalanced enable: ignored */
+        }
+    } while (!atomic_compare_exchange_weak_explicit(
+        &ctx->external_disable_cnt, &n, n - 1, memory_order_relaxed,
+        memory_order_relaxed));
+    if (n == 1) {
+        /* The loop may sleep without the external fds in its set. */
+        sp_notify_remote(ctx);
+    }
+}
+
+void sp_handlers_init(spindle_ctx *ctx)
+{
+    sp_lockcnt_init(&ctx->list_lock);
+    sp_list_init(&ctx->handlers);
+    sp_list_init(&ctx->polled);
+    atomic_init(&ctx->zombies, NULL);
+    atomic_init(&ctx->poll_disable_cnt, 0);
+    atomic_init(&ctx->external_disable_cnt, 0);
+}
+
+void sp_handlers_destroy(spindle_ctx *ctx)
+{
+    sp_link *l = sp_list_first(&ctx->handlers);
+    while (l != &ctx->handlers) {
+        sp_link *next = sp_list_next(l);
+        free(sp_container_of(l, sp_handler, all));
+        l = next;
+    }
+    free_chain(atomic_load_explicit(&ctx->zombies, memory_order_relaxed));
+    free(ctx->fd_table);
+    free(ctx->pollfds);
+    free(ctx->pollnodes);
+    if (ctx->epollfd >= 0) {
+        close(ctx->epollfd);
+    }
+}

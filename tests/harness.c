@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: MIT */
+#include "harness.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void watchdog_fired(int sig)
+{
+    static const char msg[] = "\nwatchdog: the test above hung; failing\n";
+    (void)sig;
+    if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0) {
+        /* nothing more to do: we are exiting anyway */
+    }
+    _exit(124);
+}
+
+int harness_watchdog_arm(void **state)
+{
+    (void)state;
+    unsigned seconds = 60;
+    const char *env = getenv("SPINDLE_TEST_WATCHDOG_S");
+    if (env && atoi(env) > 0) {
+        seconds = (unsigned)atoi(env);
+    }
+    signal(SIGALRM, watchdog_fired);
+    alarm(seconds);
+    return 0;
+}
+
+int harness_watchdog_disarm(void **state)
+{
+    (void)state;
+    alarm(0);
+    return 0;
+}
+
+void harness_pipe(int fds[2])
+{
+    assert_int_equal(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+}
+
+spindle_ctx *harness_ctx_new(void)
+{
+    spindle_ctx *ctx = spindle_ctx_new();
+    assert_non_null(ctx);
+    return ctx;
+}
+
+unsigned harness_poll_until(spindle_ctx *ctx, const volatile bool *flag,
+                            unsigned max_iterations)
+{
+    unsigned i = 0;
+    while (!*flag) {
+        assert_true(i < max_iterations);
+        spindle_poll(ctx, true);
+        i++;
+    }
+    return i;
+}
+
+unsigned harness_drain(spindle_ctx *ctx)
+{
+    unsigned n = 0;
+    while (spindle_poll(ctx, false)) {
+        n++;
+    }
+    return n;
+}
+
+void harness_count_cb(void *opaque)
+{
+    (*(unsigned *)opaque)++;
+}

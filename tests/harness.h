@@ -1,0 +1,50 @@
+/* Shared helpers for spindle's cmocka tests.
+ * SPDX-License-Identifier: MIT
+ *
+ * Every test runs under a watchdog: TEST() arms alarm() before the test and
+ * disarms it after, so a hang (a lost wake-up, a deadlock) kills the test
+ * program with a message instead of stalling CI. The limit is 60 s, or
+ * $SPINDLE_TEST_WATCHDOG_S (valgrind and sanitizers are slower).
+ */
+#ifndef SPINDLE_TEST_HARNESS_H
+#define SPINDLE_TEST_HARNESS_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "spindle.h"
+
+int harness_watchdog_arm(void **state);
+int harness_watchdog_disarm(void **state);
+
+#define TEST(fn) \
+    cmocka_unit_test_setup_teardown(fn, harness_watchdog_arm, \
+                                    harness_watchdog_disarm)
+
+/* Run a group of TEST()s; use as the body of main(). */
+#define RUN_TESTS(group) cmocka_run_group_tests_name(__FILE__, group, NULL, NULL)
+
+/* A non-blocking, close-on-exec pipe; fails the test on error. */
+void harness_pipe(int fds[2]);
+
+/* A context with default options (the back-end comes from
+ * $SPINDLE_BACKEND); fails the test on error. */
+spindle_ctx *harness_ctx_new(void);
+
+/* Run blocking iterations until *flag becomes true; fails the test if that
+ * takes more than max_iterations iterations. Returns the iterations used. */
+unsigned harness_poll_until(spindle_ctx *ctx, const volatile bool *flag,
+                            unsigned max_iterations);
+
+/* Run non-blocking iterations until one makes no progress; returns how many
+ * made progress. */
+unsigned harness_drain(spindle_ctx *ctx);
+
+/* A counter callback: increments the unsigned int that opaque points to. */
+void harness_count_cb(void *opaque);
+
+#endif
