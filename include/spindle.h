@@ -77,8 +77,9 @@ SPINDLE_API spindle_ctx *spindle_ctx_new(void);
  * ("poll", "epoll" or "io_uring"; anything else is ignored) and otherwise
  * starts on poll and switches to epoll for good once 64 or more fds are
  * registered. SPINDLE_BACKEND_EPOLL uses epoll from creation on. Whatever
- * was asked, epoll failing at run time makes the context fall back to poll
- * for good, and io_uring (not part of this version) means epoll.
+ * was asked, epoll failing (at creation, for example for want of an fd, or
+ * later) makes the context fall back to poll for good; spindle_backend_name
+ * tells which one runs. io_uring (not part of this version) means epoll.
  * Errors: NULL + errno EINVAL (unknown back-end, negative grow or shrink),
  * ENOMEM, EMFILE, ENFILE. Any thread. */
 SPINDLE_API spindle_ctx *spindle_ctx_new_opts(const spindle_options *o);

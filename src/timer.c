@@ -196,34 +196,37 @@ void spindle_timer_mod_anticipate(spindle_timer *t, int64_t expire_ns)
     }
 }
 
-void spindle_timer_del(spindle_timer *t)
+/* Disarm t and, if `release`, give its slot up and free it. */
+static void timer_disarm(spindle_timer *t, bool release)
 {
-    if (!t) {
-        return;
-    }
     sp_timer_heap *hp = &t->ctx->timers[t->clock];
     pthread_mutex_lock(&t->ctx->timer_lock);
     if (is_armed(hp, t)) {
         heap_remove(hp, t);
     }
+    if (release) {
+        /* Fill the hole with the last disarmed timer. */
+        swap_slots(hp, t->slot, hp->count - 1);
+        hp->count--;
+    }
     pthread_mutex_unlock(&t->ctx->timer_lock);
+    if (release) {
+        free(t);
+    }
+}
+
+void spindle_timer_del(spindle_timer *t)
+{
+    if (t) {
+        timer_disarm(t, false);
+    }
 }
 
 void spindle_timer_free(spindle_timer *t)
 {
-    if (!t) {
-        return;
+    if (t) {
+        timer_disarm(t, true);
     }
-    sp_timer_heap *hp = &t->ctx->timers[t->clock];
-    pthread_mutex_lock(&t->ctx->timer_lock);
-    if (is_armed(hp, t)) {
-        heap_remove(hp, t);
-    }
-    /* Fill the hole with the last disarmed timer. */
-    swap_slots(hp, t->slot, hp->count - 1);
-    hp->count--;
-    pthread_mutex_unlock(&t->ctx->timer_lock);
-    free(t);
 }
 
 bool spindle_timer_pending(const spindle_timer *t)
