@@ -66,6 +66,9 @@ static void push(spindle_ctx *ctx, spindle_bh *bh)
 
 static void schedule(spindle_bh *bh, bool idle)
 {
+    /* Read before the BH is published: once pushed, the loop may run it
+     * and free it (a oneshot, or a BH its callback deletes). */
+    spindle_ctx *ctx = bh->ctx;
     unsigned old = atomic_load_explicit(&bh->flags, memory_order_relaxed);
     unsigned want;
     do {
@@ -84,10 +87,10 @@ static void schedule(spindle_bh *bh, bool idle)
         &bh->flags, &old, want, memory_order_acq_rel, memory_order_relaxed));
 
     if (!(old & BH_LISTED)) {
-        push(bh->ctx, bh);
+        push(ctx, bh);
     }
     if (!idle) {
-        sp_notify_remote(bh->ctx);
+        sp_notify_remote(ctx);
     }
 }
 

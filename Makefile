@@ -1,0 +1,194 @@
+# spindle: a thin wrapper over Meson + Ninja, so that a newcomer types `make`.
+# SPDX-License-Identifier: MIT
+#
+#   make, make all  install missing Debian packages (when root), configure
+#                   build/ (first time only) and build it
+#   make check      install missing packages, then build and test every
+#                   configuration below, and print a summary; fails if any
+#                   part fails (every part runs even if an earlier one failed)
+#   make check-default, check-asan, check-tsan, check-pipe
+#                   one part of `make check` alone (no package step)
+#   make compile-default, compile-asan, ...
+#                   configure and build one configuration, no tests
+#   make install    build/ into $(DESTDIR)$(PREFIX): static and shared
+#                   library, spindle.h, spindle.pc
+#   make clean      remove every build directory
+#   make deps       only the package step (scripts/install-deps.sh check)
+#
+# Variables: PREFIX (default /usr/local), DESTDIR, MESON, NINJA,
+# TEST_PROCS (parallel test programs, default 2), MESON_TEST_ARGS (extra
+# arguments to every `meson test`, e.g. MESON_TEST_ARGS='--repeat 3'),
+# NO_DEPS=1 (skip the package step, e.g. on a system without apt).
+#
+# The build directories are configured once; after that ninja regenerates
+# them by itself when a meson.build changes. `make clean` starts afresh.
+
+MESON ?= meson
+NINJA ?= ninja
+PREFIX ?= /usr/local
+DESTDIR ?=
+TEST_PROCS ?= 2
+MESON_TEST_ARGS ?=
+NO_DEPS ?=
+
+# Set under `make -n`: the summary then counts nothing.
+DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
+
+TOP := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+DEPS_SCRIPT := $(TOP)/scripts/install-deps.sh
+
+.SUFFIXES:
+.DEFAULT_GOAL := all
+
+# ---------------------------------------------------------------------------
+# Build configurations. Each NAME has:
+#   DIR_NAME    its build directory (under the source tree)
+#   CONF_NAME   options for its first `meson setup`
+#   SUITES_NAME what `meson test` runs in it for `make check` (empty: all)
+#   ENV_NAME    environment (and wrapper) for its tests
+#   DESC_NAME   one line for the summary
+# To add one (a release build for `make bench`, say), define these and add
+# NAME to CONFIGS; add it to CHECK_PARTS only if `make check` should test it.
+
+CONFIGS := default asan tsan pipe
+CHECK_PARTS := default asan tsan pipe
+
+DIR_default := build
+CONF_default = --prefix=$(PREFIX)
+SUITES_default :=
+ENV_default :=
+DESC_default := default build: every suite (unit per back-end, concurrency, example, spin)
+
+# Sanitizer runs: UBSan findings are fatal, leaks are errors, and the tests'
+# watchdog (tests/harness.c) allows for the slow-down.
+SAN_WATCHDOG := SPINDLE_TEST_WATCHDOG_S=240
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1:print_summary=1 \
+            UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1:print_summary=1 \
+            $(SAN_WATCHDOG)
+# TSan's shadow layout can clash with a kernel's wide mmap randomisation
+# ("unexpected memory mapping"): run its tests with ASLR off where we may.
+NO_ASLR = $(shell setarch "$$(uname -m)" -R true >/dev/null 2>&1 && echo "setarch $$(uname -m) -R")
+TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(SAN_WATCHDOG) $(NO_ASLR)
+
+DIR_asan := build-asan
+CONF_asan := -Db_sanitize=address,undefined -Db_lundef=false
+SUITES_asan := --suite unit --suite concurrency --suite example
+ENV_asan = $(ASAN_ENV)
+DESC_asan := ASan+UBSan: suites unit, concurrency, example
+
+DIR_tsan := build-tsan
+CONF_tsan := -Db_sanitize=thread
+SUITES_tsan := --suite concurrency
+ENV_tsan = $(TSAN_ENV)
+DESC_tsan := ThreadSanitizer: suite concurrency
+
+DIR_pipe := build-pipe
+CONF_pipe := -Deventfd=false
+SUITES_pipe := --suite unit
+ENV_pipe :=
+DESC_pipe := -Deventfd=false (pipe notifiers): suite unit
+
+BUILD := $(TOP)/$(DIR_default)
+
+# $(call build_cmds,NAME): configure NAME's directory if it has never been
+# configured (no build.ninja), then build it.
+define build_cmds
+	@if [ ! -f "$(TOP)/$(DIR_$(1))/build.ninja" ]; then \
+	    echo "$(MESON) setup $(CONF_$(1)) $(DIR_$(1))"; \
+	    $(MESON) setup $(CONF_$(1)) "$(TOP)/$(DIR_$(1))" "$(TOP)"; \
+	fi
+	$(NINJA) -C "$(TOP)/$(DIR_$(1))"
+endef
+
+# ---------------------------------------------------------------------------
+
+.PHONY: all deps deps-if-root check install clean \
+        $(addprefix compile-,$(CONFIGS)) $(addprefix check-,$(CONFIGS))
+
+# (The package step is a prerequisite and the build the recipe, so that
+# `make -j` never configures while apt-get is still installing.)
+define all_rule
+all: deps-if-root
+$(call build_cmds,default)
+endef
+$(eval $(all_rule))
+
+deps:
+ifeq ($(NO_DEPS),)
+	@bash "$(DEPS_SCRIPT)" check
+endif
+
+# `make` installs packages only when it can; `make check` insists.
+deps-if-root:
+ifeq ($(NO_DEPS),)
+	@if [ "$$(id -u)" -eq 0 ]; then bash "$(DEPS_SCRIPT)" check; fi
+endif
+
+# compile-NAME: configure (first time) and build one configuration.
+define compile_rule
+compile-$(1):
+$(call build_cmds,$(1))
+endef
+$(foreach c,$(CONFIGS),$(eval $(call compile_rule,$(c))))
+
+# check-NAME: build one configuration and run its suites. The previous
+# test log is removed first, so the summary never counts a stale run.
+define check_rule
+check-$(1):
+	@rm -f "$(TOP)/$(DIR_$(1))/meson-logs/testlog.json"
+$(call build_cmds,$(1))
+	$(ENV_$(1)) $(MESON) test -C "$(TOP)/$(DIR_$(1))" --print-errorlogs \
+	    --num-processes $(TEST_PROCS) $(SUITES_$(1)) $(MESON_TEST_ARGS)
+endef
+$(foreach c,$(CONFIGS),$(eval $(call check_rule,$(c))))
+
+# One part of `make check`: run it, never stop the others, record a row.
+define check_part
+	echo; echo "==== make check-$(1): $(DESC_$(1))"; \
+	if $(MAKE) --no-print-directory check-$(1); then st=ok; else st=FAILED; rc=1; fi; \
+	record "$(1)" "$(DIR_$(1))" "$$st" "$(DESC_$(1))";
+endef
+
+# record NAME DIR STATUS DESC: count the results in DIR's meson test log;
+# a part that ran no test at all has failed too (a suite went missing).
+check: deps
+	@+rc=0; rows=""; tp=0; tf=0; ts=0; \
+	record() { \
+	    log="$(TOP)/$$2/meson-logs/testlog.json"; p=0; f=0; s=0; \
+	    if [ -f "$$log" ]; then \
+	        all=$$(grep -c '"result": ' "$$log" || true); \
+	        p=$$(grep -cE '"result": "(OK|EXPECTEDFAIL)"' "$$log" || true); \
+	        s=$$(grep -c '"result": "SKIP"' "$$log" || true); \
+	        f=$$((all - p - s)); \
+	    fi; \
+	    st=$$3; note=""; \
+	    if [ -z "$(DRY_RUN)" ] && [ "$$st" = ok ] && [ $$((p + f + s)) -eq 0 ]; then \
+	        st=FAILED; rc=1; f=1; note=" (ran no test)"; \
+	    elif [ "$$st" != ok ] && [ "$$f" -eq 0 ]; then \
+	        f=1; note=" (setup, build or test run failed; see above)"; \
+	    fi; \
+	    tp=$$((tp + p)); tf=$$((tf + f)); ts=$$((ts + s)); \
+	    rows="$$rows$$(printf '  %-7s %-6s %3d passed, %2d failed, %2d skipped  %s%s' \
+	        "$$1" "$$st" "$$p" "$$f" "$$s" "$$4" "$$note")\n"; \
+	}; \
+	$(foreach p,$(CHECK_PARTS),$(call check_part,$(p))) \
+	echo; \
+	echo "==================== make check: summary ===================="; \
+	printf '%b' "$$rows"; \
+	echo "============================================================="; \
+	if [ $$rc -eq 0 ]; then echo "make check: all parts passed"; \
+	else echo "make check: FAILED (see the parts marked FAILED above)"; fi; \
+	echo "$$tp passed, $$tf failed, $$ts skipped"; \
+	exit $$rc
+
+install: all
+	@want="$(abspath $(PREFIX))"; \
+	if ! grep -qF "\"name\": \"prefix\", \"value\": \"$$want\"" \
+	        "$(BUILD)/meson-info/intro-buildoptions.json" 2>/dev/null; then \
+	    echo "$(MESON) configure $(DIR_default) --prefix=$$want"; \
+	    $(MESON) configure "$(BUILD)" --prefix="$$want"; \
+	fi
+	$(MESON) install -C "$(BUILD)" $(if $(DESTDIR),--destdir "$(abspath $(DESTDIR))")
+
+clean:
+	rm -rf $(foreach c,$(CONFIGS),"$(TOP)/$(DIR_$(c))")

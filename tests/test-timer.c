@@ -1,0 +1,1096 @@
+/* Unit tests: timers (spindle_timer_*, spindle_now_ns).
+ * SPDX-License-Identifier: MIT
+ *
+ * Callbacks never call cmocka assertions (a failing assertion would longjmp
+ * out of spindle_poll()); they record what they saw and the test body
+ * asserts afterwards.
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MS INT64_C(1000000)
+#define US INT64_C(1000)
+#define HOUR (INT64_C(3600) * 1000 * MS)
+
+/* ------------------------------------------------------------------------
+ * Helpers
+ */
+
+static int64_t mono_now(void)
+{
+    return spindle_now_ns(SPINDLE_CLOCK_MONOTONIC);
+}
+
+/* Deterministic PRNG (xorshift64*) so that a failure is reproducible. */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * UINT64_C(2685821657736338717);
+}
+
+static void shuffled_permutation(unsigned *perm, unsigned n, uint64_t seed)
+{
+    uint64_t s = seed ? seed : 1;
+    for (unsigned i = 0; i < n; i++) {
+        perm[i] = i;
+    }
+    for (unsigned i = n - 1; i > 0; i--) {
+        unsigned j = (unsigned)(rng_next(&s) % (i + 1));
+        unsigned tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+}
+
+/* A timer that records when it fired and what it saw. */
+struct probe {
+    spindle_timer *t;
+    spindle_clock clock;
+    int64_t deadline;
+    int64_t fired_at;     /* the clock's time inside the callback */
+    bool pending_in_cb;   /* spindle_timer_pending() inside the callback */
+    int64_t expire_in_cb; /* spindle_timer_expire_ns() inside the callback */
+    unsigned count;
+    volatile bool fired;
+};
+
+static void probe_cb(void *opaque)
+{
+    struct probe *p = opaque;
+    p->fired_at = spindle_now_ns(p->clock);
+    p->pending_in_cb = spindle_timer_pending(p->t);
+    p->expire_in_cb = spindle_timer_expire_ns(p->t);
+    p->count++;
+    p->fired = true;
+}
+
+static void probe_init(struct probe *p, spindle_ctx *ctx, spindle_clock clock)
+{
+    memset(p, 0, sizeof(*p));
+    p->clock = clock;
+    p->t = spindle_timer_new(ctx, clock, probe_cb, p);
+    assert_non_null(p->t);
+}
+
+/* Timers that log the order in which they fire. */
+#define ORDER_MAX 256
+struct order_log {
+    unsigned seq[ORDER_MAX];
+    unsigned n;
+    unsigned expected;
+    volatile bool all_fired;
+};
+
+struct order_entry {
+    struct order_log *log;
+    spindle_timer *t;
+    unsigned id;
+};
+
+static void order_cb(void *opaque)
+{
+    struct order_entry *e = opaque;
+    struct order_log *log = e->log;
+    if (log->n < ORDER_MAX) {
+        log->seq[log->n] = e->id;
+    }
+    log->n++;
+    if (log->n >= log->expected) {
+        log->all_fired = true;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Firing
+ */
+
+static void timer_fires_once(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod(p.t, mono_now() + 1 * MS);
+    harness_poll_until(ctx, &p.fired, 100000);
+    harness_drain(ctx);
+    assert_int_equal(p.count, 1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_never_fires_before_its_deadline(void **state)
+{
+    (void)state;
+    enum { N = 20 };
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p[N];
+    for (unsigned i = 0; i < N; i++) {
+        probe_init(&p[i], ctx, SPINDLE_CLOCK_MONOTONIC);
+    }
+
+    /* Deadlines spread over a few ms, at sub-millisecond offsets, so that
+     * a sleep rounded down to whole milliseconds would wake early. */
+    int64_t now = mono_now();
+    for (unsigned i = 0; i < N; i++) {
+        p[i].deadline = now + (int64_t)(i + 1) * 250 * US + 1;
+        spindle_timer_mod(p[i].t, p[i].deadline);
+    }
+    harness_poll_until(ctx, &p[N - 1].fired, 1000000);
+    harness_drain(ctx);
+
+    for (unsigned i = 0; i < N; i++) {
+        assert_int_equal(p[i].count, 1);
+        assert_true(p[i].fired_at >= p[i].deadline);
+    }
+
+    for (unsigned i = 0; i < N; i++) {
+        spindle_timer_free(p[i].t);
+    }
+    spindle_ctx_free(ctx);
+}
+
+static void timer_is_not_pending_inside_its_callback(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod(p.t, mono_now() - 1 * MS);
+    assert_true(spindle_poll(ctx, false));
+    assert_int_equal(p.count, 1);
+    assert_false(p.pending_in_cb);
+    assert_int_equal(p.expire_in_cb, -1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_with_past_deadline_fires_in_next_iteration(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod(p.t, mono_now() - 1 * MS);
+    assert_int_equal(p.count, 0); /* never synchronously */
+    assert_true(spindle_poll(ctx, false));
+    assert_int_equal(p.count, 1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void blocking_poll_with_only_a_timer_returns_after_it_fires(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    p.deadline = mono_now() + 5 * MS;
+    spindle_timer_mod(p.t, p.deadline);
+    /* The loop sleeps until the deadline and wakes for it (an infinite
+     * sleep hangs and the watchdog fails the test). */
+    harness_poll_until(ctx, &p.fired, 100000);
+    assert_int_equal(p.count, 1);
+    assert_true(p.fired_at >= p.deadline);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void realtime_timer_fires_after_its_deadline(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_REALTIME);
+
+    int64_t now = spindle_now_ns(SPINDLE_CLOCK_REALTIME);
+    assert_true(now > 0);
+    p.deadline = now + 2 * MS + 1;
+    spindle_timer_mod(p.t, p.deadline);
+    assert_true(spindle_timer_pending(p.t));
+    assert_int_equal(spindle_timer_expire_ns(p.t), p.deadline);
+    harness_poll_until(ctx, &p.fired, 100000);
+    harness_drain(ctx);
+    assert_int_equal(p.count, 1);
+    assert_true(p.fired_at >= p.deadline);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Order
+ */
+
+static void timers_fire_in_deadline_order(void **state)
+{
+    (void)state;
+    enum { N = 100 };
+    spindle_ctx *ctx = harness_ctx_new();
+    struct order_log log = { .n = 0, .expected = N };
+    struct order_entry e[N];
+    unsigned perm[N];
+
+    for (unsigned i = 0; i < N; i++) {
+        e[i].log = &log;
+        e[i].id = i;
+        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
+                                   &e[i]);
+        assert_non_null(e[i].t);
+    }
+
+    /* Timer i's deadline is base + (i - N/2) * 10 us: half of them in the
+     * past, half in the next half millisecond. Arm them in shuffled order. */
+    shuffled_permutation(perm, N, 0xdead);
+    int64_t base = mono_now();
+    for (unsigned k = 0; k < N; k++) {
+        unsigned i = perm[k];
+        spindle_timer_mod(e[i].t, base + ((int64_t)i - N / 2) * 10 * US);
+    }
+    harness_poll_until(ctx, &log.all_fired, 1000000);
+    harness_drain(ctx);
+
+    assert_int_equal(log.n, N);
+    for (unsigned k = 0; k < N; k++) {
+        assert_int_equal(log.seq[k], k);
+    }
+
+    for (unsigned i = 0; i < N; i++) {
+        spindle_timer_free(e[i].t);
+    }
+    spindle_ctx_free(ctx);
+}
+
+static void timers_with_equal_deadlines_fire_in_arming_order(void **state)
+{
+    (void)state;
+    enum { N = 100 };
+    spindle_ctx *ctx = harness_ctx_new();
+    struct order_log log = { .n = 0, .expected = N };
+    struct order_entry e[N];
+    unsigned perm[N];
+
+    for (unsigned i = 0; i < N; i++) {
+        e[i].log = &log;
+        e[i].id = i;
+        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
+                                   &e[i]);
+        assert_non_null(e[i].t);
+    }
+
+    shuffled_permutation(perm, N, 0xbeef);
+    int64_t deadline = mono_now() - 1 * MS;
+    for (unsigned k = 0; k < N; k++) {
+        spindle_timer_mod(e[perm[k]].t, deadline);
+    }
+    harness_drain(ctx);
+
+    assert_int_equal(log.n, N);
+    for (unsigned k = 0; k < N; k++) {
+        assert_int_equal(log.seq[k], perm[k]);
+    }
+
+    for (unsigned i = 0; i < N; i++) {
+        spindle_timer_free(e[i].t);
+    }
+    spindle_ctx_free(ctx);
+}
+
+static void timer_rearmed_to_an_equal_deadline_fires_after_the_others(void **state)
+{
+    (void)state;
+    enum { N = 3 };
+    spindle_ctx *ctx = harness_ctx_new();
+    struct order_log log = { .n = 0, .expected = N };
+    struct order_entry e[N];
+
+    for (unsigned i = 0; i < N; i++) {
+        e[i].log = &log;
+        e[i].id = i;
+        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
+                                   &e[i]);
+        assert_non_null(e[i].t);
+    }
+
+    int64_t deadline = mono_now() - 1 * MS;
+    spindle_timer_mod(e[0].t, deadline);
+    spindle_timer_mod(e[1].t, deadline);
+    spindle_timer_mod(e[2].t, deadline);
+    /* Move timer 0 away and back: its latest arming is now the last. */
+    spindle_timer_mod(e[0].t, deadline + HOUR);
+    spindle_timer_mod(e[0].t, deadline);
+    harness_drain(ctx);
+
+    assert_int_equal(log.n, N);
+    assert_int_equal(log.seq[0], 1);
+    assert_int_equal(log.seq[1], 2);
+    assert_int_equal(log.seq[2], 0);
+
+    for (unsigned i = 0; i < N; i++) {
+        spindle_timer_free(e[i].t);
+    }
+    spindle_ctx_free(ctx);
+}
+
+/* 200,000 timers with random deadlines: each fires exactly once, and the
+ * deadlines of the firing sequence never decrease. */
+struct mass_entry {
+    int64_t deadline;
+    unsigned count;
+};
+
+struct mass_state {
+    int64_t *seq;
+    size_t n;
+    size_t expected;
+    volatile bool all_fired;
+};
+
+static struct mass_state *mass_state_ptr;
+
+static void mass_cb(void *opaque)
+{
+    struct mass_entry *e = opaque;
+    struct mass_state *m = mass_state_ptr;
+    e->count++;
+    if (m->n < m->expected) {
+        m->seq[m->n] = e->deadline;
+    }
+    m->n++;
+    if (m->n >= m->expected) {
+        m->all_fired = true;
+    }
+}
+
+static void many_random_timers_fire_once_in_deadline_order(void **state)
+{
+    (void)state;
+    enum { N = 200000 };
+    spindle_ctx *ctx = harness_ctx_new();
+    struct mass_entry *entries = calloc(N, sizeof(*entries));
+    spindle_timer **timers = calloc(N, sizeof(*timers));
+    struct mass_state m = { .n = 0, .expected = N };
+    m.seq = calloc(N, sizeof(*m.seq));
+    assert_non_null(entries);
+    assert_non_null(timers);
+    assert_non_null(m.seq);
+    mass_state_ptr = &m;
+
+    for (size_t i = 0; i < N; i++) {
+        timers[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, mass_cb,
+                                      &entries[i]);
+        assert_non_null(timers[i]);
+    }
+
+    /* Deadlines in [now - 20 ms, now + 20 ms), with many duplicates
+     * (microsecond granularity). */
+    uint64_t s = 0x1234567;
+    int64_t now = mono_now();
+    for (size_t i = 0; i < N; i++) {
+        int64_t off = (int64_t)(rng_next(&s) % 40000) - 20000;
+        entries[i].deadline = now + off * US;
+        spindle_timer_mod(timers[i], entries[i].deadline);
+    }
+
+    harness_poll_until(ctx, &m.all_fired, 1000000);
+    harness_drain(ctx);
+
+    assert_int_equal(m.n, N);
+    size_t fired_once = 0;
+    for (size_t i = 0; i < N; i++) {
+        fired_once += entries[i].count == 1;
+    }
+    assert_int_equal(fired_once, N);
+    size_t out_of_order = 0;
+    for (size_t k = 1; k < N; k++) {
+        out_of_order += m.seq[k] < m.seq[k - 1];
+    }
+    assert_int_equal(out_of_order, 0);
+
+    /* The context releases the (disarmed) timers. */
+    spindle_ctx_free(ctx);
+    mass_state_ptr = NULL;
+    free(m.seq);
+    free(timers);
+    free(entries);
+}
+
+/* ------------------------------------------------------------------------
+ * Re-arming, disarming, anticipating
+ */
+
+static void timer_rearmed_earlier_fires_at_the_new_deadline(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod(p.t, mono_now() + HOUR);
+    assert_false(spindle_poll(ctx, false));
+    assert_int_equal(p.count, 0);
+
+    int64_t deadline = mono_now() - 1 * MS;
+    spindle_timer_mod(p.t, deadline);
+    assert_int_equal(spindle_timer_expire_ns(p.t), deadline);
+    harness_drain(ctx);
+    assert_int_equal(p.count, 1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_rearmed_later_does_not_fire_at_the_old_deadline(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod(p.t, mono_now() - 1 * MS);
+    int64_t later = mono_now() + HOUR;
+    spindle_timer_mod(p.t, later);
+    assert_false(spindle_poll(ctx, false));
+    harness_drain(ctx);
+    assert_int_equal(p.count, 0);
+    assert_true(spindle_timer_pending(p.t));
+    assert_int_equal(spindle_timer_expire_ns(p.t), later);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_del_stops_it(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod(p.t, mono_now() - 1 * MS);
+    spindle_timer_del(p.t);
+    assert_false(spindle_timer_pending(p.t));
+    assert_int_equal(spindle_timer_expire_ns(p.t), -1);
+    assert_false(spindle_poll(ctx, false));
+    harness_drain(ctx);
+    assert_int_equal(p.count, 0);
+    assert_int_equal(spindle_compute_timeout(ctx), -1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_deleted_can_be_armed_again(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod(p.t, mono_now() - 1 * MS);
+    spindle_timer_del(p.t);
+    spindle_timer_del(p.t); /* deleting a disarmed timer is harmless */
+    spindle_timer_mod(p.t, mono_now() - 1 * MS);
+    harness_drain(ctx);
+    assert_int_equal(p.count, 1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_mod_anticipate_never_moves_a_deadline_later(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    int64_t deadline = mono_now() + HOUR;
+    spindle_timer_mod(p.t, deadline);
+    spindle_timer_mod_anticipate(p.t, deadline + HOUR);
+    assert_true(spindle_timer_pending(p.t));
+    assert_int_equal(spindle_timer_expire_ns(p.t), deadline);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_mod_anticipate_moves_a_deadline_earlier(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    int64_t now = mono_now();
+    spindle_timer_mod(p.t, now + HOUR);
+    spindle_timer_mod_anticipate(p.t, now - 1 * MS);
+    assert_int_equal(spindle_timer_expire_ns(p.t), now - 1 * MS);
+    harness_drain(ctx);
+    assert_int_equal(p.count, 1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_mod_anticipate_arms_a_disarmed_timer(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    int64_t deadline = mono_now() - 1 * MS;
+    spindle_timer_mod_anticipate(p.t, deadline);
+    assert_true(spindle_timer_pending(p.t));
+    assert_int_equal(spindle_timer_expire_ns(p.t), deadline);
+    harness_drain(ctx);
+    assert_int_equal(p.count, 1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+/* A callback that re-arms its own timer in the past, up to a cap, so that a
+ * library that re-runs it within one iteration fails the count instead of
+ * hanging. */
+#define REARM_CAP 1000
+struct self_rearm {
+    spindle_timer *t;
+    unsigned count;
+};
+
+static void self_rearm_cb(void *opaque)
+{
+    struct self_rearm *s = opaque;
+    s->count++;
+    if (s->count < REARM_CAP) {
+        spindle_timer_mod(s->t, mono_now() - 1 * MS);
+    }
+}
+
+static void timer_rearmed_in_past_by_its_callback_fires_once_per_iteration(
+    void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct self_rearm s = { 0 };
+    s.t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, self_rearm_cb, &s);
+    assert_non_null(s.t);
+
+    spindle_timer_mod(s.t, mono_now() - 1 * MS);
+    enum { N = 100 };
+    for (unsigned i = 1; i <= N; i++) {
+        assert_true(spindle_poll(ctx, false));
+        assert_int_equal(s.count, i);
+    }
+    assert_true(spindle_timer_pending(s.t));
+
+    spindle_timer_free(s.t);
+    spindle_ctx_free(ctx);
+}
+
+/* A's callback arms B with a past deadline: B waits for the next iteration. */
+struct arm_other {
+    spindle_timer *other;
+    unsigned a_count;
+    unsigned b_count;
+};
+
+static void arm_other_a_cb(void *opaque)
+{
+    struct arm_other *s = opaque;
+    s->a_count++;
+    spindle_timer_mod(s->other, mono_now() - 1 * MS);
+}
+
+static void arm_other_b_cb(void *opaque)
+{
+    struct arm_other *s = opaque;
+    s->b_count++;
+}
+
+static void timer_armed_by_a_timer_callback_fires_in_a_later_iteration(
+    void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct arm_other s = { 0 };
+    spindle_timer *a = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         arm_other_a_cb, &s);
+    s.other = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, arm_other_b_cb,
+                                &s);
+    assert_non_null(a);
+    assert_non_null(s.other);
+
+    spindle_timer_mod(a, mono_now() - 2 * MS);
+    assert_true(spindle_poll(ctx, false));
+    assert_int_equal(s.a_count, 1);
+    assert_int_equal(s.b_count, 0);
+    assert_true(spindle_poll(ctx, false));
+    assert_int_equal(s.b_count, 1);
+
+    spindle_timer_free(a);
+    spindle_timer_free(s.other);
+    spindle_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Freeing from callbacks
+ */
+
+struct self_free {
+    spindle_timer *t;
+    unsigned count;
+};
+
+static void self_free_cb(void *opaque)
+{
+    struct self_free *s = opaque;
+    s->count++;
+    spindle_timer_free(s->t);
+    s->t = NULL;
+}
+
+static void timer_freed_by_its_own_callback(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct self_free s = { 0 };
+    s.t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, self_free_cb, &s);
+    assert_non_null(s.t);
+
+    spindle_timer_mod(s.t, mono_now() - 1 * MS);
+    assert_true(spindle_poll(ctx, false));
+    assert_int_equal(s.count, 1);
+    assert_null(s.t);
+    assert_false(spindle_poll(ctx, false));
+    assert_int_equal(s.count, 1);
+    assert_int_equal(spindle_compute_timeout(ctx), -1);
+
+    spindle_ctx_free(ctx);
+}
+
+struct rearm_free {
+    spindle_timer *t;
+    unsigned count;
+};
+
+static void rearm_free_cb(void *opaque)
+{
+    struct rearm_free *s = opaque;
+    s->count++;
+    spindle_timer_mod(s->t, mono_now() - 1 * MS);
+    spindle_timer_free(s->t);
+    s->t = NULL;
+}
+
+static void timer_rearmed_then_freed_by_its_own_callback_never_fires_again(
+    void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct rearm_free s = { 0 };
+    s.t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, rearm_free_cb, &s);
+    assert_non_null(s.t);
+
+    spindle_timer_mod(s.t, mono_now() - 1 * MS);
+    harness_drain(ctx);
+    assert_int_equal(s.count, 1);
+    assert_int_equal(spindle_compute_timeout(ctx), -1);
+
+    spindle_ctx_free(ctx);
+}
+
+/* A frees B; both are expired, A's deadline is the earlier one. */
+struct free_other {
+    spindle_timer *victim;
+    unsigned a_count;
+    unsigned b_count;
+};
+
+static void free_other_a_cb(void *opaque)
+{
+    struct free_other *s = opaque;
+    s->a_count++;
+    spindle_timer_free(s->victim);
+    s->victim = NULL;
+}
+
+static void free_other_b_cb(void *opaque)
+{
+    struct free_other *s = opaque;
+    s->b_count++;
+}
+
+static void timer_freed_by_another_timer_callback_never_fires(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct free_other s = { 0 };
+    spindle_timer *a = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         free_other_a_cb, &s);
+    s.victim = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                 free_other_b_cb, &s);
+    assert_non_null(a);
+    assert_non_null(s.victim);
+
+    int64_t now = mono_now();
+    spindle_timer_mod(s.victim, now - 1 * MS);
+    spindle_timer_mod(a, now - 2 * MS);
+    harness_drain(ctx);
+    assert_int_equal(s.a_count, 1);
+    assert_int_equal(s.b_count, 0);
+    assert_null(s.victim);
+
+    spindle_timer_free(a);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_freed_while_armed_never_fires(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         harness_count_cb, &count);
+    assert_non_null(t);
+
+    spindle_timer_mod(t, mono_now() - 1 * MS);
+    spindle_timer_free(t);
+    assert_false(spindle_poll(ctx, false));
+    harness_drain(ctx);
+    assert_int_equal(count, 0);
+    assert_int_equal(spindle_compute_timeout(ctx), -1);
+
+    spindle_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Queries
+ */
+
+static void timer_new_is_disarmed(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         harness_count_cb, &count);
+    assert_non_null(t);
+
+    assert_false(spindle_timer_pending(t));
+    assert_int_equal(spindle_timer_expire_ns(t), -1);
+    assert_int_equal(spindle_compute_timeout(ctx), -1);
+
+    spindle_timer_free(t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_armed_reports_pending_and_its_deadline(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         harness_count_cb, &count);
+    assert_non_null(t);
+
+    int64_t deadline = mono_now() + HOUR;
+    spindle_timer_mod(t, deadline);
+    assert_true(spindle_timer_pending(t));
+    assert_int_equal(spindle_timer_expire_ns(t), deadline);
+
+    spindle_timer_free(t);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_is_disarmed_after_it_fired(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         harness_count_cb, &count);
+    assert_non_null(t);
+
+    spindle_timer_mod(t, mono_now() - 1 * MS);
+    harness_drain(ctx);
+    assert_int_equal(count, 1);
+    assert_false(spindle_timer_pending(t));
+    assert_int_equal(spindle_timer_expire_ns(t), -1);
+
+    spindle_timer_free(t);
+    spindle_ctx_free(ctx);
+}
+
+static void now_ns_is_nondecreasing_on_the_monotonic_clock(void **state)
+{
+    (void)state;
+    int64_t prev = mono_now();
+    assert_true(prev >= 0);
+    for (int i = 0; i < 1000; i++) {
+        int64_t now = mono_now();
+        assert_true(now >= prev);
+        prev = now;
+    }
+}
+
+static void now_ns_with_an_invalid_clock_returns_einval(void **state)
+{
+    (void)state;
+    assert_int_equal(spindle_now_ns((spindle_clock)42), -EINVAL);
+    assert_int_equal(spindle_now_ns((spindle_clock)-1), -EINVAL);
+}
+
+/* ------------------------------------------------------------------------
+ * spindle_compute_timeout
+ */
+
+static void compute_timeout_is_the_time_to_the_earliest_deadline(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    spindle_timer *late = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                            harness_count_cb, &count);
+    spindle_timer *early = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                             harness_count_cb, &count);
+    assert_non_null(late);
+    assert_non_null(early);
+
+    /* Gaps of seconds, so that no scheduling delay can make them 0. */
+    int64_t now = mono_now();
+    int64_t gap = INT64_C(10) * 1000 * MS;
+    spindle_timer_mod(late, now + 2 * gap);
+    spindle_timer_mod(early, now + gap);
+    int64_t timeout = spindle_compute_timeout(ctx);
+    assert_true(timeout > 0);
+    assert_true(timeout <= gap);
+
+    spindle_timer_free(early);
+    spindle_timer_free(late);
+    spindle_ctx_free(ctx);
+}
+
+static void compute_timeout_is_zero_with_an_expired_timer(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         harness_count_cb, &count);
+    assert_non_null(t);
+
+    spindle_timer_mod(t, mono_now() - 1 * MS);
+    assert_int_equal(spindle_compute_timeout(ctx), 0);
+
+    spindle_timer_free(t);
+    spindle_ctx_free(ctx);
+}
+
+static void compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap(
+    void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_REALTIME,
+                                         harness_count_cb, &count);
+    assert_non_null(t);
+
+    int64_t gap = INT64_C(10) * 1000 * MS;
+    spindle_timer_mod(t, spindle_now_ns(SPINDLE_CLOCK_REALTIME) + gap);
+    int64_t timeout = spindle_compute_timeout(ctx);
+    assert_true(timeout > 0);
+    assert_true(timeout <= gap);
+
+    spindle_timer_free(t);
+    spindle_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Cross-thread arming
+ */
+
+struct arm_thread_arg {
+    spindle_timer *t;
+    int64_t deadline;
+};
+
+static void *arm_thread(void *opaque)
+{
+    struct arm_thread_arg *a = opaque;
+    spindle_timer_mod(a->t, a->deadline);
+    return NULL;
+}
+
+static void timer_armed_from_another_thread_wakes_blocking_poll(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    /* The loop may be asleep with an infinite timeout when the timer gets
+     * armed: the earlier head must wake it (else the watchdog fires). */
+    struct arm_thread_arg arg = { p.t, mono_now() - 1 * MS };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, arm_thread, &arg), 0);
+    harness_poll_until(ctx, &p.fired, 1000);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(p.count, 1);
+
+    spindle_timer_free(p.t);
+    spindle_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Bad input
+ */
+
+static void timer_new_with_null_ctx_fails_with_einval(void **state)
+{
+    (void)state;
+    unsigned count = 0;
+    errno = 0;
+    assert_null(spindle_timer_new(NULL, SPINDLE_CLOCK_MONOTONIC,
+                                  harness_count_cb, &count));
+    assert_int_equal(errno, EINVAL);
+}
+
+static void timer_new_with_null_cb_fails_with_einval(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    errno = 0;
+    assert_null(spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, NULL, &count));
+    assert_int_equal(errno, EINVAL);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_new_with_unknown_clock_fails_with_einval(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    errno = 0;
+    assert_null(spindle_timer_new(ctx, (spindle_clock)42, harness_count_cb,
+                                  &count));
+    assert_int_equal(errno, EINVAL);
+    spindle_ctx_free(ctx);
+}
+
+static void timer_null_handle_is_ignored(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+
+    spindle_timer_mod(NULL, mono_now());
+    spindle_timer_mod_anticipate(NULL, mono_now());
+    spindle_timer_del(NULL);
+    spindle_timer_free(NULL);
+
+    assert_int_equal(spindle_compute_timeout(ctx), -1);
+    assert_false(spindle_poll(ctx, false));
+    spindle_ctx_free(ctx);
+}
+
+static void timer_null_handle_is_not_pending(void **state)
+{
+    (void)state;
+    assert_false(spindle_timer_pending(NULL));
+    assert_int_equal(spindle_timer_expire_ns(NULL), -1);
+}
+
+/* ------------------------------------------------------------------------
+ * Context teardown
+ */
+
+static void ctx_free_with_armed_and_disarmed_timers_leaks_nothing(void **state)
+{
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned count = 0;
+    spindle_timer *t[10];
+
+    for (int i = 0; i < 10; i++) {
+        t[i] = spindle_timer_new(ctx, i % 3 ? SPINDLE_CLOCK_MONOTONIC
+                                            : SPINDLE_CLOCK_REALTIME,
+                                 harness_count_cb, &count);
+        assert_non_null(t[i]);
+    }
+    int64_t now = mono_now();
+    spindle_timer_mod(t[0], spindle_now_ns(SPINDLE_CLOCK_REALTIME) + HOUR);
+    spindle_timer_mod(t[1], now - 1 * MS);   /* expired, never run */
+    spindle_timer_mod(t[2], now + HOUR);
+    spindle_timer_mod(t[4], now + HOUR);
+    spindle_timer_del(t[4]);                 /* armed then disarmed */
+    spindle_timer_mod(t[5], now + 2 * HOUR);
+    spindle_timer_free(t[6]);                /* freed by the user */
+
+    /* No callback runs; LeakSanitizer / valgrind report what is left. */
+    spindle_ctx_free(ctx);
+    assert_int_equal(count, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        TEST(timer_fires_once),
+        TEST(timer_never_fires_before_its_deadline),
+        TEST(timer_is_not_pending_inside_its_callback),
+        TEST(timer_with_past_deadline_fires_in_next_iteration),
+        TEST(blocking_poll_with_only_a_timer_returns_after_it_fires),
+        TEST(realtime_timer_fires_after_its_deadline),
+        TEST(timers_fire_in_deadline_order),
+        TEST(timers_with_equal_deadlines_fire_in_arming_order),
+        TEST(timer_rearmed_to_an_equal_deadline_fires_after_the_others),
+        TEST(many_random_timers_fire_once_in_deadline_order),
+        TEST(timer_rearmed_earlier_fires_at_the_new_deadline),
+        TEST(timer_rearmed_later_does_not_fire_at_the_old_deadline),
+        TEST(timer_del_stops_it),
+        TEST(timer_deleted_can_be_armed_again),
+        TEST(timer_mod_anticipate_never_moves_a_deadline_later),
+        TEST(timer_mod_anticipate_moves_a_deadline_earlier),
+        TEST(timer_mod_anticipate_arms_a_disarmed_timer),
+        TEST(timer_rearmed_in_past_by_its_callback_fires_once_per_iteration),
+        TEST(timer_armed_by_a_timer_callback_fires_in_a_later_iteration),
+        TEST(timer_freed_by_its_own_callback),
+        TEST(timer_rearmed_then_freed_by_its_own_callback_never_fires_again),
+        TEST(timer_freed_by_another_timer_callback_never_fires),
+        TEST(timer_freed_while_armed_never_fires),
+        TEST(timer_new_is_disarmed),
+        TEST(timer_armed_reports_pending_and_its_deadline),
+        TEST(timer_is_disarmed_after_it_fired),
+        TEST(now_ns_is_nondecreasing_on_the_monotonic_clock),
+        TEST(now_ns_with_an_invalid_clock_returns_einval),
+        TEST(compute_timeout_is_the_time_to_the_earliest_deadline),
+        TEST(compute_timeout_is_zero_with_an_expired_timer),
+        TEST(compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap),
+        TEST(timer_armed_from_another_thread_wakes_blocking_poll),
+        TEST(timer_new_with_null_ctx_fails_with_einval),
+        TEST(timer_new_with_null_cb_fails_with_einval),
+        TEST(timer_new_with_unknown_clock_fails_with_einval),
+        TEST(timer_null_handle_is_ignored),
+        TEST(timer_null_handle_is_not_pending),
+        TEST(ctx_free_with_armed_and_disarmed_timers_leaks_nothing),
+    };
+    return RUN_TESTS(tests);
+}
