@@ -100,7 +100,7 @@ spindle_bh *spindle_bh_new(spindle_ctx *ctx, spindle_io_fn *cb, void *opaque)
         errno = EINVAL;
         return NULL;
     }
-    spindle_bh *bh = calloc(1, sizeof(*bh));
+    spindle_bh *bh = sp_calloc(1, sizeof(*bh));
     if (!bh) {
         errno = ENOMEM;
         return NULL;
@@ -168,7 +168,7 @@ int spindle_bh_oneshot(spindle_ctx *ctx, spindle_io_fn *cb, void *opaque)
     if (!ctx || !cb) {
         return -EINVAL;
     }
-    spindle_bh *bh = calloc(1, sizeof(*bh));
+    spindle_bh *bh = sp_calloc(1, sizeof(*bh));
     if (!bh) {
         return -ENOMEM;
     }

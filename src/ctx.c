@@ -50,7 +50,7 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
         opt.backend = backend_from_env();
     }
 
-    spindle_ctx *ctx = calloc(1, sizeof(*ctx));
+    spindle_ctx *ctx = sp_calloc(1, sizeof(*ctx));
     if (!ctx) {
         errno = ENOMEM;
         return NULL;

@@ -16,6 +16,7 @@
 
 #include "spindle.h"
 #include "spindle-config.h"
+#include "fault.h"
 #include "fdmon.h"
 #include "list.h"
 #include "lockcnt.h"

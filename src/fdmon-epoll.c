@@ -42,6 +42,15 @@ static void epoll_give_up(spindle_ctx *ctx)
     atomic_store_explicit(&ctx->fdmon, &sp_fdmon_poll, memory_order_release);
 }
 
+static int ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    if (sp_fault_fails(SPINDLE_FAULT_EPOLL_CTL)) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return epoll_ctl(epfd, op, fd, ev);
+}
+
 static int epoll_apply(spindle_ctx *ctx, const sp_handler *old,
                        sp_handler *new_h)
 {
@@ -52,17 +61,17 @@ static int epoll_apply(spindle_ctx *ctx, const sp_handler *old,
         struct epoll_event ev = { .events = (uint32_t)new_h->events,
                                   .data.ptr = new_h };
         int op = was_in ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-        int r = epoll_ctl(ctx->epollfd, op, new_h->fd, &ev);
+        int r = ctl(ctx->epollfd, op, new_h->fd, &ev);
         if (r < 0 && errno == ENOENT && op == EPOLL_CTL_MOD) {
-            r = epoll_ctl(ctx->epollfd, EPOLL_CTL_ADD, new_h->fd, &ev);
+            r = ctl(ctx->epollfd, EPOLL_CTL_ADD, new_h->fd, &ev);
         } else if (r < 0 && errno == EEXIST && op == EPOLL_CTL_ADD) {
-            r = epoll_ctl(ctx->epollfd, EPOLL_CTL_MOD, new_h->fd, &ev);
+            r = ctl(ctx->epollfd, EPOLL_CTL_MOD, new_h->fd, &ev);
         }
         /* EBADF: closed since it was checked; nothing left to wait on. */
         return r < 0 && errno != EBADF ? -errno : 0;
     }
     if (was_in) {
-        int r = epoll_ctl(ctx->epollfd, EPOLL_CTL_DEL, old->fd, NULL);
+        int r = ctl(ctx->epollfd, EPOLL_CTL_DEL, old->fd, NULL);
         return r < 0 && errno != ENOENT && errno != EBADF ? -errno : 0;
     }
     return 0;
@@ -78,7 +87,7 @@ static void epoll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
 bool sp_fdmon_epoll_enable(spindle_ctx *ctx)
 {
     if (ctx->epollfd < 0) {
-        ctx->epollfd = epoll_create1(EPOLL_CLOEXEC);
+        ctx->epollfd = sp_fault_fd() ? -1 : epoll_create1(EPOLL_CLOEXEC);
         if (ctx->epollfd < 0) {
             return false;
         }

@@ -33,12 +33,12 @@ static bool poll_reserve(spindle_ctx *ctx, unsigned n)
         return true;
     }
     unsigned cap = ctx->pollcap ? ctx->pollcap * 2 : 16;
-    struct pollfd *fds = realloc(ctx->pollfds, sizeof(*fds) * cap);
+    struct pollfd *fds = sp_realloc(ctx->pollfds, sizeof(*fds) * cap);
     if (!fds) {
         return false;
     }
     ctx->pollfds = fds;
-    sp_handler **nodes = realloc(ctx->pollnodes, sizeof(*nodes) * cap);
+    sp_handler **nodes = sp_realloc(ctx->pollnodes, sizeof(*nodes) * cap);
     if (!nodes) {
         return false;
     }

@@ -131,7 +131,7 @@ static int fd_table_reserve(spindle_ctx *ctx, int fd)
     while (size <= fd) {
         size *= 2;
     }
-    sp_handler **t = realloc(ctx->fd_table, sizeof(*t) * (size_t)size);
+    sp_handler **t = sp_realloc(ctx->fd_table, sizeof(*t) * (size_t)size);
     if (!t) {
         return -ENOMEM;
     }
@@ -205,7 +205,7 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
         if (fd < 0 || fcntl(fd, F_GETFD) < 0) {
             return -EBADF;
         }
-        h = calloc(1, sizeof(*h));
+        h = sp_calloc(1, sizeof(*h));
         if (!h) {
             return -ENOMEM;
         }

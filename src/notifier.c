@@ -20,14 +20,14 @@
 int sp_notifier_init(struct spindle_notifier *n, bool active)
 {
 #if SPINDLE_HAVE_EVENTFD
-    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    int fd = sp_fault_fd() ? -1 : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (fd < 0) {
         return -errno;
     }
     n->rfd = n->wfd = fd;
 #else
     int fds[2];
-    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+    if (sp_fault_fd() || pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
         return -errno;
     }
     n->rfd = fds[0];
@@ -49,7 +49,7 @@ void sp_notifier_destroy(struct spindle_notifier *n)
 
 spindle_notifier *spindle_notifier_new(bool active)
 {
-    spindle_notifier *n = malloc(sizeof(*n));
+    spindle_notifier *n = sp_malloc(sizeof(*n));
     if (!n) {
         errno = ENOMEM;
         return NULL;

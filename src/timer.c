@@ -136,7 +136,7 @@ spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
         errno = EINVAL;
         return NULL;
     }
-    spindle_timer *t = calloc(1, sizeof(*t));
+    spindle_timer *t = sp_calloc(1, sizeof(*t));
     if (!t) {
         errno = ENOMEM;
         return NULL;
@@ -151,7 +151,7 @@ spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
     pthread_mutex_lock(&ctx->timer_lock);
     if (hp->count == hp->capacity) {
         uint32_t cap = hp->capacity ? hp->capacity * 2 : 16;
-        spindle_timer **slots = realloc(hp->slot, sizeof(*slots) * cap);
+        spindle_timer **slots = sp_realloc(hp->slot, sizeof(*slots) * cap);
         if (!slots) {
             pthread_mutex_unlock(&ctx->timer_lock);
             free(t);
