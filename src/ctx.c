@@ -152,11 +152,6 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
     }
     SP_STAT_INC(ctx, iterations);
 
-    /* Only blocking iterations wait, so only they teach the window. */
-    bool adapt = blocking && ctx->poll_max_ns;
-    int64_t start = adapt ? sp_now() : 0;
-    int64_t work_ns = 0;
-    int64_t *work = adapt ? &work_ns : NULL;
     sp_ready ready = { NULL };
     bool progress;
 
@@ -164,6 +159,14 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
 
     /* 1. How long may this iteration sleep? (bh.c, timer.c) */
     int64_t timeout = blocking ? spindle_compute_timeout(ctx) : 0;
+
+    /* Only iterations that may wait teach the window: not the non-blocking
+     * ones, nor blocking ones with work already due, which would only
+     * spend clock reads to learn that they did not wait. */
+    bool adapt = timeout && ctx->poll_max_ns;
+    int64_t start = adapt ? sp_now() : 0;
+    int64_t work_ns = 0;
+    int64_t *work = adapt ? &work_ns : NULL;
 
     /* 2. Busy-poll the io_poll handlers (polling.c). */
     progress = sp_polling_try(ctx, &timeout, work);

@@ -140,12 +140,23 @@ void sp_bh_destroy_all(spindle_ctx *ctx);
 
 /* ---- timer.c */
 
+/* A heap entry carries its key, so sifting compares entries that sit next
+ * to each other instead of chasing a pointer per comparison. */
+typedef struct sp_timer_entry {
+    int64_t deadline;
+    uint32_t seq;
+    spindle_timer *timer;
+} sp_timer_entry;
+
 typedef struct sp_timer_heap {
-    spindle_timer **slot; /* [0, armed): heap by (deadline, seq);
+    sp_timer_entry *slot; /* [0, armed): 4-ary heap by (deadline, seq);
                            * [armed, count): disarmed timers */
     uint32_t armed;
     uint32_t count;
     uint32_t capacity;
+    /* The root's deadline (INT64_MAX when none is armed), readable without
+     * timer_lock so that an iteration with nothing due takes no lock. */
+    _Atomic int64_t next_deadline;
 } sp_timer_heap;
 
 int sp_timers_init(spindle_ctx *ctx);
