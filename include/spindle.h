@@ -194,7 +194,10 @@ SPINDLE_API int spindle_set_fd_handler(spindle_ctx *ctx, int fd,
  * and keeps it across non-blocking iterations; it leaves it right before a
  * kernel wait with a non-zero timeout, and then checks every io_poll once
  * more, since an event may have raced with the re-enabled notifications.
- * Ignored for an unregistered fd or a NULL context. Loop thread. O(1). */
+ * Only handlers that have an io_poll take part in busy polling, so register
+ * the io_poll first: this is ignored for an fd whose handler has none, for
+ * an unregistered fd and for a NULL context. Replacing the handler keeps
+ * these callbacks as long as the new one has an io_poll. Loop thread. O(1). */
 SPINDLE_API void spindle_set_fd_poll(spindle_ctx *ctx, int fd,
                                      spindle_io_fn *poll_begin,
                                      spindle_io_fn *poll_end);

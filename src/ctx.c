@@ -152,7 +152,6 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
     }
     SP_STAT_INC(ctx, iterations);
 
-    sp_ready ready = { NULL };
     bool progress;
 
     sp_walk_begin(ctx);
@@ -190,7 +189,7 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
         }
         const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
                                                    memory_order_acquire);
-        mon->wait(ctx, &ready, timeout);
+        mon->wait(ctx, timeout);
 
         /* 4. Withdraw the announcement. */
         if (announced) {
@@ -207,7 +206,7 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
 
     /* 6. Bottom halves, ready handlers, then expired timers. */
     progress |= sp_bh_poll(ctx);
-    progress |= sp_handlers_dispatch(ctx, &ready);
+    progress |= sp_handlers_dispatch(ctx);
     sp_walk_end(ctx);
     progress |= sp_timers_run(ctx);
 

@@ -55,37 +55,46 @@ void sp_notifier_destroy(struct spindle_notifier *n);
 /* ---- handlers.c */
 
 /* A registration. Records are replaced, never edited, while other threads
- * may read them: an update installs a new record and retires the old. */
+ * may read them: an update installs a new record and retires the old.
+ * Kept small (72 bytes) because a server may register tens of thousands:
+ * what only busy-polled handlers need lives in sp_polled_handler. */
 struct sp_handler {
-    sp_link all;    /* every live handler; walked by the poll monitor */
-    sp_link polled; /* live handlers with an io_poll; walked while spinning */
-    sp_handler *ready_next;   /* loop thread: membership of a ready list */
-    sp_handler **ready_pprev; /* NULL when in none */
-    sp_handler *zombie_next;  /* retired, waiting for the walkers to leave */
+    sp_link all;  /* every live handler, walked by the poll monitor; once
+                   * retired, all.prev chains it on ctx->zombies */
+    sp_handler *ready_next; /* loop thread: ctx->ready, while `queued` */
     spindle_io_fn *io_read;
     spindle_io_fn *io_write;
-    spindle_poll_fn *io_poll;
-    spindle_io_fn *poll_begin; /* changed in place by spindle_set_fd_poll(),
-                                * under the lock, on the loop thread only */
-    spindle_io_fn *poll_end;
+    spindle_poll_fn *io_poll; /* non-NULL: this is a sp_polled_handler */
     void *opaque;
     int fd;
-    int revents;       /* loop thread: what the last wait reported */
     short events;      /* POLLIN and/or POLLOUT */
+    short revents;     /* loop thread: what the last wait reported */
+    atomic_bool deleted;
     bool is_external;
     bool internal;     /* the context's own wake-up: never progress */
     bool stale;        /* loop thread: found closed, no longer waited on */
-    atomic_bool deleted;
-    atomic_bool poll_started; /* poll_begin ran, poll_end not yet */
+    bool queued;       /* loop thread: on ctx->ready */
 };
 
-/* The handlers a wait found ready; lives on the stack of one iteration. A
- * nested iteration that finds a handler again takes it over. */
-struct sp_ready {
-    sp_handler *first;
-};
+typedef struct sp_polled_handler {
+    sp_handler h;
+    sp_link polled;            /* live handlers with an io_poll */
+    spindle_io_fn *poll_begin; /* changed in place by spindle_set_fd_poll(),
+                                * under the lock, on the loop thread only */
+    spindle_io_fn *poll_end;
+    atomic_bool poll_started;  /* poll_begin ran, poll_end not yet */
+} sp_polled_handler;
 
-void sp_ready_add(sp_ready *ready, sp_handler *h, int revents);
+static inline sp_polled_handler *sp_polled_of(sp_handler *h)
+{
+    return sp_container_of(h, sp_polled_handler, h);
+}
+
+/* Queue h on the context's ready list (loop thread, from a monitor's
+ * wait()). One list serves all nesting levels: a nested iteration dispatches
+ * what an outer one had queued, so a handler runs once, and a nested loop
+ * waiting for it cannot hang. */
+void sp_ready_add(spindle_ctx *ctx, sp_handler *h, int revents);
 
 void sp_handlers_init(spindle_ctx *ctx);
 void sp_handlers_destroy(spindle_ctx *ctx);
@@ -95,7 +104,7 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
 /* Whether the loop may call h now: not retired, not held back by
  * spindle_disable_external(). */
 bool sp_handler_enabled(spindle_ctx *ctx, const sp_handler *h);
-bool sp_handlers_dispatch(spindle_ctx *ctx, sp_ready *ready);
+bool sp_handlers_dispatch(spindle_ctx *ctx);
 /* Whether some live handler has no io_poll, so that busy polling cannot
  * see every event: the need_wait() of the poll and epoll monitors. */
 bool sp_handlers_unpolled(spindle_ctx *ctx);
@@ -192,6 +201,7 @@ struct spindle_ctx {
     unsigned user_fds;      /* list_lock */
     atomic_int poll_disable_cnt; /* live handlers without io_poll */
     _Atomic(sp_handler *) zombies;
+    sp_handler *ready;      /* loop thread: found ready, not dispatched */
     atomic_uint external_disable_cnt;
 
     /* The fd monitor; replaced under list_lock, read by the loop. */

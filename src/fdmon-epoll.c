@@ -127,10 +127,10 @@ static int epoll_wait_ns(int epfd, struct epoll_event *events,
     return epoll_wait(epfd, events, EPOLL_BATCH, ms);
 }
 
-static void epoll_wait_fn(spindle_ctx *ctx, sp_ready *ready, int64_t timeout_ns)
+static void epoll_wait_fn(spindle_ctx *ctx, int64_t timeout_ns)
 {
     if (atomic_load_explicit(&ctx->external_disable_cnt, memory_order_relaxed)) {
-        sp_fdmon_poll.wait(ctx, ready, timeout_ns);
+        sp_fdmon_poll.wait(ctx, timeout_ns);
         return;
     }
     struct epoll_event events[EPOLL_BATCH];
@@ -144,7 +144,7 @@ static void epoll_wait_fn(spindle_ctx *ctx, sp_ready *ready, int64_t timeout_ns)
         return;
     }
     for (int i = 0; i < n; i++) {
-        sp_ready_add(ready, events[i].data.ptr, (int)events[i].events);
+        sp_ready_add(ctx, events[i].data.ptr, (int)events[i].events);
     }
 }
 

@@ -47,7 +47,7 @@ static bool poll_reserve(spindle_ctx *ctx, unsigned n)
     return true;
 }
 
-static void poll_wait(spindle_ctx *ctx, sp_ready *ready, int64_t timeout_ns)
+static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
 {
     unsigned n = 0;
 
@@ -78,7 +78,7 @@ static void poll_wait(spindle_ctx *ctx, sp_ready *ready, int64_t timeout_ns)
             SP_STAT_INC(ctx, stale_fds);
             continue;
         }
-        sp_ready_add(ready, ctx->pollnodes[i], revents);
+        sp_ready_add(ctx, ctx->pollnodes[i], revents);
     }
 }
 

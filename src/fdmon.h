@@ -20,7 +20,6 @@
 #include "spindle.h"
 
 typedef struct sp_handler sp_handler;
-typedef struct sp_ready sp_ready;
 
 typedef struct sp_fdmon {
     const char *name;
@@ -28,9 +27,9 @@ typedef struct sp_fdmon {
      * registration, a removal). Failures are handled inside: a monitor that
      * cannot go on switches the context to poll. */
     void (*update)(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h);
-    /* Wait up to timeout_ns (-1: no limit, 0: do not block) and add the
-     * ready handlers to *ready with sp_ready_add(). */
-    void (*wait)(spindle_ctx *ctx, sp_ready *ready, int64_t timeout_ns);
+    /* Wait up to timeout_ns (-1: no limit, 0: do not block) and queue the
+     * ready handlers with sp_ready_add(). */
+    void (*wait)(spindle_ctx *ctx, int64_t timeout_ns);
     /* Whether wait() must run even with a zero timeout because busy polling
      * cannot see every event source. */
     bool (*need_wait)(spindle_ctx *ctx);

@@ -22,11 +22,18 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Retired records are chained through all.prev, which walkers never read
+ * and which nothing else needs once the record is unlinked. */
+static sp_handler *zombie_next(const sp_handler *h)
+{
+    return h->all.prev ? sp_container_of(h->all.prev, sp_handler, all) : NULL;
+}
+
 static void free_chain(sp_handler *h)
 {
     while (h) {
-        sp_handler *next = h->zombie_next;
-        free(h);
+        sp_handler *next = zombie_next(h);
+        free(h->io_poll ? (void *)sp_polled_of(h) : (void *)h);
         h = next;
     }
 }
@@ -66,44 +73,29 @@ bool sp_handlers_unpolled(spindle_ctx *ctx)
                                 memory_order_relaxed) > 0;
 }
 
-/* Ready lists: a handler sits in at most one. A nested iteration whose wait
- * reports a handler still queued in an outer iteration's list takes it
- * over, so the handler runs once, in the iteration that saw it last. */
-static void ready_unlink(sp_handler *h)
-{
-    if (h->ready_pprev) {
-        *h->ready_pprev = h->ready_next;
-        if (h->ready_next) {
-            h->ready_next->ready_pprev = h->ready_pprev;
-        }
-        h->ready_pprev = NULL;
-    }
-}
-
-void sp_ready_add(sp_ready *ready, sp_handler *h, int revents)
+void sp_ready_add(spindle_ctx *ctx, sp_handler *h, int revents)
 {
     /* epoll hands records over through the kernel, which orders them but
      * which ThreadSanitizer cannot see; this acquire pairs with the release
      * stores of `deleted` that publish and retire a record, and makes the
      * hand-over visible to it. A plain load on x86. */
     (void)atomic_load_explicit(&h->deleted, memory_order_acquire);
-    ready_unlink(h);
-    h->revents = revents;
-    h->ready_next = ready->first;
-    if (ready->first) {
-        ready->first->ready_pprev = &h->ready_next;
+    h->revents = (short)revents;
+    if (!h->queued) {
+        h->queued = true;
+        h->ready_next = ctx->ready;
+        ctx->ready = h;
     }
-    ready->first = h;
-    h->ready_pprev = &ready->first;
 }
 
-bool sp_handlers_dispatch(spindle_ctx *ctx, sp_ready *ready)
+bool sp_handlers_dispatch(spindle_ctx *ctx)
 {
     bool progress = false;
     sp_handler *h;
 
-    while ((h = ready->first) != NULL) {
-        ready_unlink(h);
+    while ((h = ctx->ready) != NULL) {
+        ctx->ready = h->ready_next;
+        h->queued = false;
         int revents = h->revents;
         /* Each call may remove any handler, this one included: check again
          * before every call. Events of a disabled external handler are
@@ -144,18 +136,19 @@ static int fd_table_reserve(spindle_ctx *ctx, int fd)
 
 /* Lock held. Insert a filled record; it takes over `old`'s poll state,
  * which belongs to the fd, not to the record. */
-static void install(spindle_ctx *ctx, sp_handler *h, const sp_handler *old)
+static void install(spindle_ctx *ctx, sp_handler *h, sp_handler *old)
 {
-    if (old) {
-        h->poll_begin = old->poll_begin;
-        h->poll_end = old->poll_end;
-        atomic_init(&h->poll_started,
-                    atomic_load_explicit(&old->poll_started,
+    if (h->io_poll && old && old->io_poll) {
+        sp_polled_handler *p = sp_polled_of(h), *o = sp_polled_of(old);
+        p->poll_begin = o->poll_begin;
+        p->poll_end = o->poll_end;
+        atomic_init(&p->poll_started,
+                    atomic_load_explicit(&o->poll_started,
                                          memory_order_relaxed));
     }
     sp_list_insert_head(&ctx->handlers, &h->all);
     if (h->io_poll) {
-        sp_list_insert_head(&ctx->polled, &h->polled);
+        sp_list_insert_head(&ctx->polled, &sp_polled_of(h)->polled);
     } else {
         atomic_fetch_add_explicit(&ctx->poll_disable_cnt, 1,
                                   memory_order_relaxed);
@@ -170,7 +163,7 @@ static sp_handler *retire(spindle_ctx *ctx, sp_handler *old)
     atomic_store_explicit(&old->deleted, true, memory_order_release);
     sp_list_unlink(&old->all);
     if (old->io_poll) {
-        sp_list_unlink(&old->polled);
+        sp_list_unlink(&sp_polled_of(old)->polled);
     } else {
         atomic_fetch_sub_explicit(&ctx->poll_disable_cnt, 1,
                                   memory_order_relaxed);
@@ -181,8 +174,9 @@ static sp_handler *retire(spindle_ctx *ctx, sp_handler *old)
     if (sp_lockcnt_count(&ctx->list_lock) == 0) {
         return old;
     }
-    old->zombie_next = atomic_load_explicit(&ctx->zombies,
+    sp_handler *next = atomic_load_explicit(&ctx->zombies,
                                             memory_order_relaxed);
+    old->all.prev = next ? &next->all : NULL;
     atomic_store_explicit(&ctx->zombies, old, memory_order_relaxed);
     return NULL;
 }
@@ -205,7 +199,13 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
         if (fd < 0 || fcntl(fd, F_GETFD) < 0) {
             return -EBADF;
         }
-        h = sp_calloc(1, sizeof(*h));
+        /* Only busy-polled handlers pay for the busy-polling fields. */
+        if (io_poll) {
+            sp_polled_handler *p = sp_calloc(1, sizeof(*p));
+            h = p ? &p->h : NULL;
+        } else {
+            h = sp_calloc(1, sizeof(*h));
+        }
         if (!h) {
             return -ENOMEM;
         }
@@ -225,7 +225,7 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
     sp_handler *old = fd < ctx->fd_table_size ? ctx->fd_table[fd] : NULL;
     if (h && fd_table_reserve(ctx, fd) < 0) {
         sp_lockcnt_unlock(&ctx->list_lock);
-        free(h);
+        free(h->io_poll ? (void *)sp_polled_of(h) : (void *)h);
         return -ENOMEM;
     }
     if (!h && !old) {
@@ -247,7 +247,10 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
     sp_lockcnt_unlock(&ctx->list_lock);
 
     sp_notify_remote(ctx);
-    free(free_now);
+    if (free_now) {
+        free_now->all.prev = NULL;
+        free_chain(free_now);
+    }
     return 0;
 }
 
@@ -270,9 +273,9 @@ void spindle_set_fd_poll(spindle_ctx *ctx, int fd, spindle_io_fn *poll_begin,
      * replacement record from reading them half-changed. */
     sp_lockcnt_lock(&ctx->list_lock);
     sp_handler *h = fd < ctx->fd_table_size ? ctx->fd_table[fd] : NULL;
-    if (h && !h->internal) {
-        h->poll_begin = poll_begin;
-        h->poll_end = poll_end;
+    if (h && h->io_poll && !h->internal) {
+        sp_polled_of(h)->poll_begin = poll_begin;
+        sp_polled_of(h)->poll_end = poll_end;
     }
     sp_lockcnt_unlock(&ctx->list_lock);
 }
@@ -320,7 +323,9 @@ void sp_handlers_destroy(spindle_ctx *ctx)
     sp_link *l = sp_list_first(&ctx->handlers);
     while (l != &ctx->handlers) {
         sp_link *next = sp_list_next(l);
-        free(sp_container_of(l, sp_handler, all));
+        sp_handler *h = sp_container_of(l, sp_handler, all);
+        h->all.prev = NULL;
+        free_chain(h);
         l = next;
     }
     free_chain(atomic_load_explicit(&ctx->zombies, memory_order_relaxed));

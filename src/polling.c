@@ -26,7 +26,7 @@ static bool poll_round(spindle_ctx *ctx, bool *hit)
     bool progress = false;
     for (sp_link *l = sp_list_first(&ctx->polled); l != &ctx->polled;
          l = sp_list_next(l)) {
-        sp_handler *h = sp_container_of(l, sp_handler, polled);
+        sp_handler *h = &sp_container_of(l, sp_polled_handler, polled)->h;
         if (sp_handler_enabled(ctx, h) && h->io_poll(h->opaque)) {
             *hit = true;
             progress |= !h->internal;
@@ -61,18 +61,18 @@ static void set_started(spindle_ctx *ctx, bool started, int64_t *work_ns)
     int64_t t0 = work_ns ? sp_now() : 0;
     for (sp_link *l = sp_list_first(&ctx->polled); l != &ctx->polled;
          l = sp_list_next(l)) {
-        sp_handler *h = sp_container_of(l, sp_handler, polled);
+        sp_polled_handler *p = sp_container_of(l, sp_polled_handler, polled);
         /* Per-handler state keeps begin and end strictly paired, also for
          * handlers registered or replaced while the state was on. */
-        if (atomic_load_explicit(&h->deleted, memory_order_relaxed) ||
-            atomic_load_explicit(&h->poll_started, memory_order_relaxed) ==
+        if (atomic_load_explicit(&p->h.deleted, memory_order_relaxed) ||
+            atomic_load_explicit(&p->poll_started, memory_order_relaxed) ==
                 started) {
             continue;
         }
-        atomic_store_explicit(&h->poll_started, started, memory_order_relaxed);
-        spindle_io_fn *fn = started ? h->poll_begin : h->poll_end;
+        atomic_store_explicit(&p->poll_started, started, memory_order_relaxed);
+        spindle_io_fn *fn = started ? p->poll_begin : p->poll_end;
         if (fn) {
-            fn(h->opaque);
+            fn(p->h.opaque);
         }
     }
     if (work_ns) {
