@@ -294,7 +294,8 @@ SPINDLE_API int64_t spindle_now_ns(spindle_clock clock);
 SPINDLE_API spindle_timer *spindle_timer_new(spindle_ctx *ctx,
                                              spindle_clock clock,
                                              spindle_io_fn *cb, void *opaque);
-/* Arm (or re-arm) it to fire at expire_ns on its clock. It fires once, on the
+/* Arm (or re-arm) it to fire at expire_ns on its clock (a negative deadline
+ * counts as 0, long past). It fires once, on the
  * loop thread, in the first iteration at or after the deadline, never
  * before; it is no longer pending when cb runs, and cb may re-arm or free it.
  * A timer armed while timers are running waits for a later iteration even if

@@ -11,6 +11,9 @@
  * reading the results back, with no callback in between, so nested
  * iterations can share it.
  *
+ * If the array cannot grow, the wait looks at the fds that fit without
+ * sleeping, rather than sleep blind to the others.
+ *
  * An fd that was closed behind the loop's back comes back as POLLNVAL on
  * every call; reporting it would spin the loop, so the record is marked
  * stale, left out of later waits and counted in the statistics.
@@ -50,6 +53,7 @@ static bool poll_reserve(spindle_ctx *ctx, unsigned n)
 static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
 {
     unsigned n = 0;
+    bool complete = true;
 
     for (sp_link *l = sp_list_first(&ctx->handlers); l != &ctx->handlers;
          l = sp_list_next(l)) {
@@ -58,7 +62,11 @@ static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
             continue;
         }
         if (!poll_reserve(ctx, n)) {
-            break; /* out of memory: wait on the fds that fit */
+            /* Out of memory: look at the fds that fit without sleeping,
+             * since an fd left out (the wake-up one, say) could never end
+             * the sleep. The loop spins until memory is back. */
+            complete = false;
+            break;
         }
         ctx->pollfds[n] = (struct pollfd){ .fd = h->fd, .events = h->events };
         ctx->pollnodes[n++] = h;
@@ -66,6 +74,10 @@ static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
 
     struct timespec ts = { .tv_sec = timeout_ns / 1000000000,
                            .tv_nsec = timeout_ns % 1000000000 };
+    if (!complete) {
+        ts = (struct timespec){ 0, 0 };
+        timeout_ns = 0;
+    }
     int r = ppoll(ctx->pollfds, n, timeout_ns < 0 ? NULL : &ts, NULL);
     for (unsigned i = 0; r > 0 && i < n; i++) {
         int revents = ctx->pollfds[i].revents;

@@ -190,6 +190,11 @@ spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
 static void timer_arm(spindle_timer *t, int64_t expire_ns, bool anticipate)
 {
     spindle_ctx *ctx = t->ctx;
+    /* Negative values mean "disarmed" to pending/expire_ns; the clocks
+     * never read below 0, so such a deadline is simply due. */
+    if (expire_ns < 0) {
+        expire_ns = 0;
+    }
     pthread_mutex_lock(&ctx->timer_lock);
     bool first = false;
     sp_timer_heap *hp = &ctx->timers[t->clock];
