@@ -6,19 +6,32 @@
 #   make check      install missing packages, then build and test every
 #                   configuration below, and print a summary; fails if any
 #                   part fails (every part runs even if an earlier one failed)
-#   make check-default, check-asan, check-tsan, check-pipe
-#                   one part of `make check` alone (no package step)
+#   make check-default, check-asan, check-tsan, check-pipe, check-fault,
+#   check-valgrind  one part of `make check` alone (no package step)
 #   make compile-default, compile-asan, ...
 #                   configure and build one configuration, no tests
 #   make install    build/ into $(DESTDIR)$(PREFIX): static and shared
 #                   library, spindle.h, spindle.pc
 #   make clean      remove every build directory
 #   make deps       only the package step (scripts/install-deps.sh check)
+#   make fuzz       the API fuzzer for FUZZ_SECONDS (default 600) from the
+#                   seed corpus (build-fuzz/, clang-14); check-fuzz is the
+#                   FUZZ_CHECK_SECONDS (60) part of `make check`
+#   make stress     the stress tests' long form (tests/test-stress.c, every
+#                   back-end, SPINDLE_STRESS_SCALE=STRESS_SCALE, default 20:
+#                   10^6 cross-thread wake-ups); make stress-tsan: the same
+#                   under ThreadSanitizer (STRESS_TSAN_SCALE, default 20)
+#   make bench      install the benchmark peers (when root), build a release
+#                   build in build-bench/ and run the benchmark suite against
+#                   libuv, libev, libevent and GLib: a table on stdout, JSON
+#                   lines and an SVG chart in bench/results/ (a few minutes;
+#                   QUICK=1: under a minute; BENCH_ARGS='fd timers': some rows)
 #
 # Variables: PREFIX (default /usr/local), DESTDIR, MESON, NINJA,
 # TEST_PROCS (parallel test programs, default 2), MESON_TEST_ARGS (extra
 # arguments to every `meson test`, e.g. MESON_TEST_ARGS='--repeat 3'),
-# NO_DEPS=1 (skip the package step, e.g. on a system without apt).
+# NO_DEPS=1 (skip the package step, e.g. on a system without apt), QUICK=1
+# and BENCH_ARGS (for `make bench`).
 #
 # The build directories are configured once; after that ninja regenerates
 # them by itself when a meson.build changes. `make clean` starts afresh.
@@ -30,6 +43,8 @@ DESTDIR ?=
 TEST_PROCS ?= 2
 MESON_TEST_ARGS ?=
 NO_DEPS ?=
+QUICK ?=
+BENCH_ARGS ?=
 
 # Set under `make -n`: the summary then counts nothing.
 DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
@@ -50,8 +65,8 @@ DEPS_SCRIPT := $(TOP)/scripts/install-deps.sh
 # To add one (a release build for `make bench`, say), define these and add
 # NAME to CONFIGS; add it to CHECK_PARTS only if `make check` should test it.
 
-CONFIGS := default asan tsan pipe
-CHECK_PARTS := default asan tsan pipe
+CONFIGS := default asan tsan pipe fault bench
+CHECK_PARTS := default asan tsan pipe fault valgrind
 
 DIR_default := build
 CONF_default = --prefix=$(PREFIX)
@@ -88,6 +103,55 @@ SUITES_pipe := --suite unit
 ENV_pipe :=
 DESC_pipe := -Deventfd=false (pipe notifiers): suite unit
 
+# `make bench` only (not part of `make check`): optimised, no tests, and the
+# bench/ directory, which needs the peer libraries.
+DIR_bench := build-bench
+CONF_bench := -Dbuildtype=release -Db_ndebug=true -Dtests=false -Dbench=true
+SUITES_bench :=
+ENV_bench :=
+DESC_bench := release build with bench/ (make bench)
+
+# Fault injection (tests/test-faults.c): every allocation, fd creation and
+# epoll_ctl fails in turn; LeakSanitizer checks that nothing leaks.
+DIR_fault := build-fault
+CONF_fault := -Dfault_injection=true -Db_sanitize=address,undefined -Db_lundef=false
+SUITES_fault := --suite fault
+ENV_fault = $(ASAN_ENV)
+DESC_fault := fault injection under ASan+UBSan/LSan: suite fault
+
+# valgrind memcheck over the default build's test programs: the unit tests
+# on every back-end, the threads tests on AUTO, and the README example.
+# Left out: test-polling, whose assertions about the adaptive window are
+# about wait times of a few us, which valgrind's slow-down turns into long
+# waits (they fail for that reason only). About 30 s on 2 cores.
+VALGRIND := valgrind --error-exitcode=1 --leak-check=full \
+            --errors-for-leak-kinds=definite,indirect --track-fds=no -q
+VALGRIND_TESTS := $(foreach b,auto poll epoll,$(foreach t,bh timer notifier ctx fd errors,$(t)-$(b))) \
+                  threads-auto readme-example
+DIR_valgrind := build
+CONF_valgrind = $(CONF_default)
+SUITES_valgrind = --wrap='$(VALGRIND)' $(VALGRIND_TESTS)
+ENV_valgrind := SPINDLE_TEST_WATCHDOG_S=600
+DESC_valgrind := valgrind memcheck (build/): unit but polling, per back-end; threads-auto; example
+# It has no build directory of its own, so it is not in CONFIGS: its
+# check-valgrind rule is below the others.
+
+# The API fuzzer (tests/fuzz/fuzz-api.c): clang-14 with libFuzzer and
+# ASan+UBSan, in build-fuzz/. `make check` runs it for FUZZ_CHECK_SECONDS
+# from the committed seed corpus (new inputs go to
+# build-fuzz/tests/fuzz/fuzz-corpus, a crash to .../fuzz-artifacts/);
+# `make fuzz` for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 600
+FUZZ_CHECK_SECONDS ?= 60
+DIR_fuzz := build-fuzz
+CONF_fuzz = --native-file $(TOP)/tests/fuzz/clang-14.ini -Dfuzz=true \
+            -Dtests=false -Db_sanitize=address,undefined -Db_lundef=false
+SUITES_fuzz := --suite fuzz
+ENV_fuzz = $(ASAN_ENV) SPINDLE_FUZZ_SECONDS=$(FUZZ_CHECK_SECONDS)
+DESC_fuzz := libFuzzer API sequences vs the SPEC model (clang-14, ASan+UBSan), $(FUZZ_CHECK_SECONDS) s
+CONFIGS += fuzz
+CHECK_PARTS += fuzz
+
 BUILD := $(TOP)/$(DIR_default)
 
 # $(call build_cmds,NAME): configure NAME's directory if it has never been
@@ -102,7 +166,7 @@ endef
 
 # ---------------------------------------------------------------------------
 
-.PHONY: all deps deps-if-root check install clean \
+.PHONY: all deps deps-if-root check install clean bench deps-bench \
         $(addprefix compile-,$(CONFIGS)) $(addprefix check-,$(CONFIGS))
 
 # (The package step is a prerequisite and the build the recipe, so that
@@ -141,6 +205,24 @@ $(call build_cmds,$(1))
 	    --num-processes $(TEST_PROCS) $(SUITES_$(1)) $(MESON_TEST_ARGS)
 endef
 $(foreach c,$(CONFIGS),$(eval $(call check_rule,$(c))))
+
+# check-valgrind: the default build under valgrind. meson names the log of a
+# wrapped run testlog-valgrind.json; it is copied to testlog.json, the log
+# that the summary of `make check` counts.
+define valgrind_rule
+.PHONY: check-valgrind
+check-valgrind:
+	@rm -f "$(TOP)/$(DIR_valgrind)/meson-logs/testlog.json" \
+	    "$(TOP)/$(DIR_valgrind)/meson-logs/testlog-valgrind.json"
+$(call build_cmds,valgrind)
+	rc=0; $(ENV_valgrind) $(MESON) test -C "$(TOP)/$(DIR_valgrind)" \
+	    --print-errorlogs --num-processes $(TEST_PROCS) $(SUITES_valgrind) \
+	    $(MESON_TEST_ARGS) || rc=$$$$?; \
+	cp "$(TOP)/$(DIR_valgrind)/meson-logs/testlog-valgrind.json" \
+	    "$(TOP)/$(DIR_valgrind)/meson-logs/testlog.json" 2>/dev/null; \
+	exit $$$$rc
+endef
+$(eval $(valgrind_rule))
 
 # One part of `make check`: run it, never stop the others, record a row.
 define check_part
@@ -192,3 +274,42 @@ install: all
 
 clean:
 	rm -rf $(foreach c,$(CONFIGS),"$(TOP)/$(DIR_$(c))")
+
+# The benchmark: package step first (the peers), then build, then run from
+# the source tree so that results land in bench/results/.
+deps-bench:
+ifeq ($(NO_DEPS),)
+	@if [ "$$(id -u)" -eq 0 ]; then bash "$(DEPS_SCRIPT)" bench; \
+	else bash "$(DEPS_SCRIPT)" bench || exit 1; fi
+endif
+
+define bench_rule
+bench: deps-bench
+$(call build_cmds,bench)
+	@mkdir -p "$(TOP)/bench/results"
+	cd "$(TOP)" && "$(TOP)/$(DIR_bench)/bench/spindle-bench" $(if $(QUICK),--quick) \
+	    --out "$(TOP)/bench/results" $(BENCH_ARGS)
+endef
+$(eval $(bench_rule))
+
+# ---------------------------------------------------------------------------
+# Long runs, outside `make check`.
+
+.PHONY: fuzz stress stress-tsan
+fuzz: compile-fuzz
+	$(ASAN_ENV) "$(TOP)/tests/fuzz/run-fuzz.sh" \
+	    "$(TOP)/$(DIR_fuzz)/tests/fuzz/fuzz-api" "$(TOP)/tests/fuzz/corpus" \
+	    "$(TOP)/$(DIR_fuzz)/tests/fuzz" $(FUZZ_SECONDS)
+
+STRESS_SCALE ?= 20
+STRESS_TSAN_SCALE ?= 20
+STRESS_TESTS := stress-auto stress-poll stress-epoll
+stress: compile-default
+	SPINDLE_STRESS_SCALE=$(STRESS_SCALE) SPINDLE_TEST_WATCHDOG_S=1800 \
+	    $(MESON) test -C "$(TOP)/$(DIR_default)" --print-errorlogs -v \
+	    --num-processes 1 --timeout-multiplier 4 $(STRESS_TESTS)
+stress-tsan: compile-tsan
+	SPINDLE_STRESS_SCALE=$(STRESS_TSAN_SCALE) $(TSAN_ENV) \
+	    env SPINDLE_TEST_WATCHDOG_S=1800 \
+	    $(MESON) test -C "$(TOP)/$(DIR_tsan)" --print-errorlogs -v \
+	    --num-processes 1 --timeout-multiplier 4 $(STRESS_TESTS)

@@ -261,8 +261,10 @@ SPINDLE_API spindle_bh *spindle_bh_new(spindle_ctx *ctx, spindle_io_fn *cb,
  * calls coalesce) and only a call that changes the state wakes the loop.
  * A bottom half that schedules itself from cb runs again in the next
  * iteration, not the same one. Bottom halves scheduled from one thread run
- * in the order they were scheduled. Any thread; lock-free; O(1). NULL is
- * ignored. */
+ * in the order they were scheduled, with one exception: a bottom half
+ * cancelled and scheduled again before it ran keeps its first place in the
+ * queue, or, if the loop had already taken that place's batch, runs in the
+ * next iteration. Any thread; lock-free; O(1). NULL is ignored. */
 SPINDLE_API void spindle_bh_schedule(spindle_bh *bh);
 /* Schedule as an idle bottom half: it does not wake the loop, its run does
  * not count as progress, and while it is scheduled the loop sleeps at most

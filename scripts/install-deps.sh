@@ -5,7 +5,7 @@
 #
 # Usage: scripts/install-deps.sh [check|bench]
 #   check  (default) what `make` and `make check` need: build tools, cmocka,
-#          Spin, valgrind, liburing.
+#          Spin, valgrind, liburing, clang-14 and libFuzzer.
 #   bench  all of the above plus the peers and tools for `make bench`.
 #
 # Quiet and quick when nothing is missing. As root it runs `apt-get update`
@@ -19,8 +19,9 @@ CHECK_PKGS=(
     meson ninja-build pkg-config gcc libc6-dev   # build
     libcmocka-dev                                # unit tests
     spin                                         # notify-protocol model
-    valgrind                                     # leak checks by hand
+    valgrind                                     # make check: memcheck part
     liburing-dev                                 # io_uring back-end
+    clang-14 libclang-rt-14-dev                  # API fuzzer (libFuzzer)
 )
 BENCH_PKGS=(
     libuv1-dev libev-dev libevent-dev libglib2.0-dev   # the peers

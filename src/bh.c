@@ -20,6 +20,13 @@
  * frees it at once unless it is listed, in which case the loop frees it
  * when it takes it out. Nothing here allocates, so nothing can fail.
  *
+ * A BH cancelled and scheduled again while still listed cannot be moved in
+ * the stack, so it is marked REQUEUE with the batch epoch of that schedule.
+ * If the loop reaches it in a batch taken before that schedule, it pushes
+ * it back instead of running it: a schedule never runs in the iteration
+ * that was already under way. Its order among other BHs is then that of
+ * the push back, not of the schedule (the one exception to FIFO order).
+ *
  * Cost per iteration: O(scheduled BHs), for both running them and the
  * timeout computation that looks for non-idle ones.
  */
@@ -34,6 +41,7 @@ enum {
     BH_IDLE = 1u << 2,
     BH_DELETED = 1u << 3,
     BH_ONESHOT = 1u << 4,
+    BH_REQUEUE = 1u << 5,
 };
 
 struct spindle_bh {
@@ -41,6 +49,7 @@ struct spindle_bh {
     spindle_io_fn *cb;
     void *opaque;
     atomic_uint flags;
+    atomic_uint requeue_epoch; /* ctx->bh_epoch when REQUEUE was set */
     spindle_bh *next;     /* stack or slice; written before publication */
     spindle_bh *all_next; /* loop thread: every non-oneshot BH, for free */
     spindle_bh **all_pprev;
@@ -82,6 +91,15 @@ static void schedule(spindle_bh *bh, bool idle)
         want = (old | BH_LISTED | BH_SCHEDULED) & ~(unsigned)BH_IDLE;
         if (idle) {
             want |= BH_IDLE;
+        }
+        if ((old & BH_LISTED) && !(old & BH_SCHEDULED)) {
+            /* Cancelled, still listed: see above. The CAS publishes the
+             * epoch with the flag. */
+            want |= BH_REQUEUE;
+            atomic_store_explicit(&bh->requeue_epoch,
+                                  atomic_load_explicit(&ctx->bh_epoch,
+                                                       memory_order_relaxed),
+                                  memory_order_relaxed);
         }
     } while (!atomic_compare_exchange_weak_explicit(
         &bh->flags, &old, want, memory_order_acq_rel, memory_order_relaxed));
@@ -206,6 +224,12 @@ static spindle_bh *take_next(spindle_ctx *ctx)
 
 bool sp_bh_poll(spindle_ctx *ctx)
 {
+    /* One epoch per iteration: schedules that read this value or a later
+     * one came after this iteration took its batch. Only this thread
+     * writes it, so no atomic add is needed. */
+    unsigned epoch = atomic_load_explicit(&ctx->bh_epoch,
+                                          memory_order_relaxed) + 1;
+    atomic_store_explicit(&ctx->bh_epoch, epoch, memory_order_relaxed);
     if (!atomic_load_explicit(&ctx->bh_stack, memory_order_relaxed) &&
         !ctx->bh_slices) {
         return false;
@@ -224,10 +248,20 @@ bool sp_bh_poll(spindle_ctx *ctx)
     bool progress = false;
     spindle_bh *bh;
     while ((bh = take_next(ctx)) != NULL) {
+        unsigned f = atomic_load_explicit(&bh->flags, memory_order_acquire);
+        if ((f & (BH_REQUEUE | BH_SCHEDULED)) == (BH_REQUEUE | BH_SCHEDULED) &&
+            (int)(atomic_load_explicit(&bh->requeue_epoch,
+                                       memory_order_relaxed) - epoch) >= 0) {
+            atomic_fetch_and_explicit(&bh->flags, ~(unsigned)BH_REQUEUE,
+                                      memory_order_relaxed);
+            push(ctx, bh); /* still LISTED: for the next iteration */
+            continue;
+        }
         /* Clearing LISTED re-opens the BH to scheduling: from here on a
          * schedule pushes it again, for the next iteration. */
-        unsigned f = atomic_fetch_and_explicit(
-            &bh->flags, ~(unsigned)(BH_LISTED | BH_SCHEDULED | BH_IDLE),
+        f = atomic_fetch_and_explicit(
+            &bh->flags,
+            ~(unsigned)(BH_LISTED | BH_SCHEDULED | BH_IDLE | BH_REQUEUE),
             memory_order_acq_rel);
         if (f & BH_DELETED) {
             free(bh);

@@ -220,6 +220,7 @@ struct spindle_ctx {
 
     /* Bottom halves (bh.c). */
     _Atomic(spindle_bh *) bh_stack; /* scheduled, newest first; any thread */
+    atomic_uint bh_epoch;           /* batches taken; written by the loop */
     sp_bh_slice *bh_slices;         /* loop thread: batches being run */
     spindle_bh *bh_all;             /* loop thread: every non-oneshot BH */
 

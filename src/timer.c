@@ -12,10 +12,12 @@
  * cache lines and there are half as many levels.
  *
  * Equal deadlines fire in arming order thanks to the sequence number taken
- * when a timer is armed. The same number keeps a run from being trapped: a
- * run fires only timers armed before it started, so a callback that re-arms
- * its timer in the past sees it fire in the next iteration, not this one.
- * Sequence numbers are compared modulo 2^32.
+ * when a timer is armed (compared modulo 2^32). The same number keeps a run
+ * from being trapped: a run fires only due timers armed before it started,
+ * so a callback that re-arms its timer in the past sees it fire in the next
+ * iteration. Such a timer may sit at the root and hide due timers behind
+ * it; due entries always form the top of the heap, so the run then
+ * searches that top part for the earliest one it may fire (find_due).
  *
  * Timers may be armed and disarmed from any thread, so the heaps sit under
  * timer_lock; callbacks run without it. The deadline is also kept in an
@@ -199,7 +201,7 @@ static void timer_arm(spindle_timer *t, int64_t expire_ns, bool anticipate)
     bool first = false;
     sp_timer_heap *hp = &ctx->timers[t->clock];
     if (!anticipate || !is_armed(hp, t) ||
-        expire_ns < hp->slot[t->slot].deadline) {
+        expire_ns < atomic_load_explicit(&t->expire, memory_order_relaxed)) {
         first = heap_arm(ctx, t, expire_ns);
     }
     pthread_mutex_unlock(&ctx->timer_lock);
@@ -266,6 +268,28 @@ int64_t spindle_timer_expire_ns(const spindle_timer *t)
     return t ? atomic_load_explicit(&t->expire, memory_order_relaxed) : -1;
 }
 
+#define NO_SLOT UINT32_MAX
+
+/* The earliest entry in the subtree at i that is due by `now` and was armed
+ * before run_seq, or `best` if none is earlier. Due entries form the top of
+ * the heap, and nothing below an entry is earlier than it, so the search
+ * stops at entries not due and at the first fireable one on each path. */
+static uint32_t find_due(const sp_timer_heap *hp, uint32_t i, int64_t now,
+                         uint32_t run_seq, uint32_t best)
+{
+    if (i >= hp->armed || hp->slot[i].deadline > now) {
+        return best;
+    }
+    if ((int32_t)(hp->slot[i].seq - run_seq) < 0) {
+        return best == NO_SLOT || earlier(&hp->slot[i], &hp->slot[best])
+                   ? i : best;
+    }
+    for (uint32_t c = ARITY * i + 1; c <= ARITY * i + ARITY; c++) {
+        best = find_due(hp, c, now, run_seq, best);
+    }
+    return best;
+}
+
 static bool run_clock(spindle_ctx *ctx, spindle_clock clock)
 {
     sp_timer_heap *hp = &ctx->timers[clock];
@@ -285,11 +309,13 @@ static bool run_clock(spindle_ctx *ctx, spindle_clock clock)
     pthread_mutex_lock(&ctx->timer_lock);
     uint32_t run_seq = ctx->timer_seq;
     while (hp->armed) {
-        sp_timer_entry e = hp->slot[0];
-        /* Armed during this run (seq not before run_seq): next time. */
-        if (e.deadline > now || (int32_t)(e.seq - run_seq) >= 0) {
+        uint32_t i = (int32_t)(hp->slot[0].seq - run_seq) < 0 &&
+                             hp->slot[0].deadline <= now
+                         ? 0 : find_due(hp, 0, now, run_seq, NO_SLOT);
+        if (i == NO_SLOT) {
             break;
         }
+        sp_timer_entry e = hp->slot[i];
         heap_remove(hp, e.timer);
         pthread_mutex_unlock(&ctx->timer_lock);
         /* The timer may be re-armed or freed by its callback: not touched
