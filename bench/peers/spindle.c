@@ -1,0 +1,131 @@
+/* spindle behind the bench adapter interface: bottom halves for the
+ * cross-thread call and for defer, fd handlers, spindle timers.
+ * SPDX-License-Identifier: MIT */
+#include <spindle.h>
+
+#include "../adapter.h"
+#include "../bench.h"
+
+/* Timers are armed on an absolute deadline: now_update takes the base the
+ * other loops keep as their cached time. One timer loop at a time. */
+static int64_t base_ns;
+
+static void *loop_new(const bench_loop_opts *o)
+{
+    spindle_options so = {.backend = SPINDLE_BACKEND_AUTO, .poll_max_ns = -1};
+    if (o->backend == BACKEND_POLL)
+        so.backend = SPINDLE_BACKEND_POLL;
+    else if (o->backend == BACKEND_EPOLL)
+        so.backend = SPINDLE_BACKEND_EPOLL;
+    if (o->poll_off)
+        so.poll_max_ns = 0;
+    spindle_ctx *ctx = spindle_ctx_new_opts(&so);
+    BENCH_CHECK(ctx, "spindle_ctx_new_opts failed");
+    return ctx;
+}
+
+/* BENCH_STATS=1 prints what each context did: for tuning, not for the table. */
+static void loop_free(void *loop)
+{
+    spindle_stats st;
+    if (getenv("BENCH_STATS") && spindle_get_stats(loop, &st) == 0)
+        fprintf(stderr,
+                "spindle stats: %llu iterations, %llu kernel waits (%llu blocking), "
+                "%llu poll hits, %llu poll misses, window %lld ns\n",
+                (unsigned long long)st.iterations, (unsigned long long)st.kernel_waits,
+                (unsigned long long)st.blocking_waits, (unsigned long long)st.poll_hits,
+                (unsigned long long)st.poll_misses, (long long)st.poll_ns);
+    spindle_ctx_free(loop);
+}
+
+static void run_once(void *loop, bool blocking) { spindle_poll(loop, blocking); }
+
+/* A bottom half is spindle's cross-thread call: scheduling it from another
+ * thread wakes the loop (with no system call while the loop is awake). */
+static void *async_new(void *loop, bench_cb *cb, void *arg)
+{
+    spindle_bh *bh = spindle_bh_new(loop, cb, arg);
+    BENCH_CHECK(bh, "spindle_bh_new failed");
+    return bh;
+}
+static void async_send(void *a) { spindle_bh_schedule(a); }
+static void async_free(void *a) { spindle_bh_delete(a); }
+
+/* The fd handler is owned by the context; the handle only remembers which
+ * one to remove. */
+typedef struct sp_fd {
+    spindle_ctx *ctx;
+    int fd;
+} sp_fd;
+
+static void *fd_new(void *loop, int fd, bench_cb *cb, void *arg)
+{
+    sp_fd *h = bench_alloc(sizeof *h);
+    h->ctx = loop;
+    h->fd = fd;
+    int r = spindle_set_fd_handler(loop, fd, false, cb, NULL, NULL, arg);
+    BENCH_CHECK(r == 0, "spindle_set_fd_handler: %d", r);
+    return h;
+}
+
+static void fd_free(void *p)
+{
+    sp_fd *h = p;
+    spindle_set_fd_handler(h->ctx, h->fd, false, NULL, NULL, NULL, NULL);
+    bench_free(h);
+}
+
+static void now_update(void *loop) { base_ns = spindle_now_ns(SPINDLE_CLOCK_MONOTONIC); }
+
+static void *timer_new(void *loop, bench_cb *cb, void *arg)
+{
+    spindle_timer *t = spindle_timer_new(loop, SPINDLE_CLOCK_MONOTONIC, cb, arg);
+    BENCH_CHECK(t, "spindle_timer_new failed");
+    return t;
+}
+static void timer_arm(void *t, int64_t delay_ns) { spindle_timer_mod(t, base_ns + delay_ns); }
+static void timer_stop(void *t) { spindle_timer_del(t); }
+static void timer_free(void *t) { spindle_timer_free(t); }
+
+/* Defer: a bottom half that schedules itself again from its callback. */
+typedef struct sp_defer {
+    spindle_bh *bh;
+    bench_defer_cb *cb;
+    void *arg;
+} sp_defer;
+
+static void defer_run(void *p)
+{
+    sp_defer *d = p;
+    if (d->cb(d->arg))
+        spindle_bh_schedule(d->bh);
+}
+
+static void *defer_new(void *loop, bench_defer_cb *cb, void *arg)
+{
+    sp_defer *d = bench_alloc(sizeof *d);
+    d->cb = cb;
+    d->arg = arg;
+    d->bh = spindle_bh_new(loop, defer_run, d);
+    BENCH_CHECK(d->bh, "spindle_bh_new failed");
+    return d;
+}
+static void defer_start(void *p) { spindle_bh_schedule(((sp_defer *)p)->bh); }
+static void defer_free(void *p)
+{
+    sp_defer *d = p;
+    spindle_bh_delete(d->bh);
+    bench_free(d);
+}
+
+const bench_adapter adapter_spindle = {
+    .name = "spindle",
+    .timer_res_ns = 1,
+    .timer_ordered = true,
+    .loop_new = loop_new, .loop_free = loop_free, .run_once = run_once,
+    .async_new = async_new, .async_send = async_send, .async_free = async_free,
+    .fd_new = fd_new, .fd_free = fd_free,
+    .now_update = now_update, .timer_new = timer_new, .timer_arm = timer_arm,
+    .timer_stop = timer_stop, .timer_free = timer_free,
+    .defer_new = defer_new, .defer_start = defer_start, .defer_free = defer_free,
+};
