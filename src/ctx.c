@@ -171,6 +171,7 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
     progress = sp_polling_try(ctx, &timeout, work);
 
     /* 3. Wait in the kernel if polling cannot be enough (fdmon-*.c). */
+    int64_t wait_end = 0; /* when spindle_notify asked the wait to end */
     if (timeout || sp_handlers_unpolled(ctx)) {
         bool announced = false;
         if (timeout) {
@@ -193,15 +194,19 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
 
         /* 4. Withdraw the announcement. */
         if (announced) {
-            sp_notify_withdraw(ctx);
+            wait_end = sp_notify_withdraw(ctx);
         }
     }
     /* 4. Accept the wake-ups: what they announced is looked at below. */
     sp_notify_accept(ctx);
 
-    /* 5. Adapt the window to the time waited. */
+    /* 5. Adapt the window to the time waited: for a wait that a notify
+     * ended, until the notify (notify.c explains why). */
     if (adapt) {
-        sp_polling_adapt(ctx, sp_now() - start - work_ns);
+        if (wait_end <= start) {
+            wait_end = sp_now();
+        }
+        sp_polling_adapt(ctx, wait_end - start - work_ns);
     }
 
     /* 6. Bottom halves, ready handlers, then expired timers. */

@@ -115,7 +115,8 @@ void sp_walk_end(spindle_ctx *ctx);
 /* ---- notify.c */
 
 bool sp_notify_announce(spindle_ctx *ctx); /* false: a wake-up is pending */
-void sp_notify_withdraw(spindle_ctx *ctx);
+/* Returns when spindle_notify() asked to end the wait, or 0. */
+int64_t sp_notify_withdraw(spindle_ctx *ctx);
 void sp_notify_accept(spindle_ctx *ctx);
 void sp_notify_wake_read(void *opaque);
 bool sp_notify_wake_poll(void *opaque);
@@ -190,6 +191,7 @@ struct spindle_ctx {
     /* Notify protocol (notify.c, docs/notify-protocol.md). */
     atomic_bool notified;
     atomic_bool notify_me;
+    _Atomic int64_t wake_asked_ns; /* first notify during an announced wait */
     struct spindle_notifier wake;
 
     /* Handlers (handlers.c). Lists and table change under list_lock. */

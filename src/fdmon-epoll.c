@@ -67,8 +67,7 @@ static int epoll_apply(spindle_ctx *ctx, const sp_handler *old,
         } else if (r < 0 && errno == EEXIST && op == EPOLL_CTL_ADD) {
             r = ctl(ctx->epollfd, EPOLL_CTL_MOD, new_h->fd, &ev);
         }
-        /* EBADF: closed since it was checked; nothing left to wait on. */
-        return r < 0 && errno != EBADF ? -errno : 0;
+        return r < 0 ? -errno : 0;
     }
     if (was_in) {
         int r = ctl(ctx->epollfd, EPOLL_CTL_DEL, old->fd, NULL);
@@ -77,11 +76,14 @@ static int epoll_apply(spindle_ctx *ctx, const sp_handler *old,
     return 0;
 }
 
-static void epoll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
+static int epoll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
 {
-    if (epoll_apply(ctx, old, new_h) < 0) {
-        epoll_give_up(ctx);
+    int r = epoll_apply(ctx, old, new_h);
+    if (r == -EBADF || r == 0) {
+        return r;
     }
+    epoll_give_up(ctx);
+    return sp_fdmon_poll.update(ctx, old, new_h);
 }
 
 bool sp_fdmon_epoll_enable(spindle_ctx *ctx)
@@ -94,7 +96,9 @@ bool sp_fdmon_epoll_enable(spindle_ctx *ctx)
     }
     for (sp_link *l = sp_list_first(&ctx->handlers); l != &ctx->handlers;
          l = sp_list_next(l)) {
-        if (epoll_apply(ctx, NULL, sp_container_of(l, sp_handler, all)) < 0) {
+        int r = epoll_apply(ctx, NULL, sp_container_of(l, sp_handler, all));
+        /* EBADF: closed behind the loop's back; nothing to wait on. */
+        if (r < 0 && r != -EBADF) {
             close(ctx->epollfd);
             ctx->epollfd = -1;
             return false;

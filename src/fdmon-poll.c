@@ -20,14 +20,17 @@
  */
 #include "ctx.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 
-static void poll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
+static int poll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
 {
     (void)ctx;
     (void)old;
-    (void)new_h;
+    /* No kernel state; only check that the fd is open. */
+    return new_h && fcntl(new_h->fd, F_GETFD) < 0 ? -EBADF : 0;
 }
 
 static bool poll_reserve(spindle_ctx *ctx, unsigned n)

@@ -24,9 +24,12 @@ typedef struct sp_handler sp_handler;
 typedef struct sp_fdmon {
     const char *name;
     /* Replace `old` by `new` in the kernel's set; either may be NULL (a new
-     * registration, a removal). Failures are handled inside: a monitor that
-     * cannot go on switches the context to poll. */
-    void (*update)(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h);
+     * registration, a removal). Called before the records are installed or
+     * retired: -EBADF (new_h's fd is not open) makes the registration fail
+     * with nothing changed. The monitor checks that, so registration costs
+     * no separate system call. Other failures are handled inside: a monitor
+     * that cannot go on switches the context to poll. */
+    int (*update)(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h);
     /* Wait up to timeout_ns (-1: no limit, 0: do not block) and queue the
      * ready handlers with sp_ready_add(). */
     void (*wait)(spindle_ctx *ctx, int64_t timeout_ns);

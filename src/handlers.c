@@ -16,7 +16,6 @@
 #include "ctx.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,8 +195,8 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
             return 0;
         }
     } else {
-        if (fd < 0 || fcntl(fd, F_GETFD) < 0) {
-            return -EBADF;
+        if (fd < 0) {
+            return -EBADF; /* a closed fd is caught by the monitor */
         }
         /* Only busy-polled handlers pay for the busy-polling fields. */
         if (io_poll) {
@@ -232,6 +231,15 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
         sp_lockcnt_unlock(&ctx->list_lock);
         return 0;
     }
+    int r = atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)
+                ->update(ctx, old, h);
+    if (r < 0) { /* only when registering: removal cannot fail */
+        sp_lockcnt_unlock(&ctx->list_lock);
+        if (h) {
+            free(h->io_poll ? (void *)sp_polled_of(h) : (void *)h);
+        }
+        return r;
+    }
     if (h) {
         install(ctx, h, old);
     }
@@ -239,7 +247,6 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
     if (!internal) {
         ctx->user_fds += (unsigned)(h && !old) - (unsigned)(!h && old);
     }
-    atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)->update(ctx, old, h);
     if (ctx->epoll_auto && ctx->user_fds >= SP_EPOLL_THRESHOLD) {
         ctx->epoll_auto = false;
         sp_fdmon_epoll_enable(ctx);

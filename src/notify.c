@@ -23,7 +23,9 @@
 
 #include <errno.h>
 
-static _Thread_local char thread_tag;
+/* initial-exec: the library is loaded with the program, and the default
+ * model would cost a __tls_get_addr call on every spindle_poll. */
+static _Thread_local char thread_tag __attribute__((tls_model("initial-exec")));
 
 bool sp_on_loop_thread(const spindle_ctx *ctx)
 {
@@ -43,6 +45,14 @@ void spindle_notify(spindle_ctx *ctx)
     }
     atomic_exchange_explicit(&ctx->notified, true, memory_order_seq_cst);
     if (atomic_load_explicit(&ctx->notify_me, memory_order_seq_cst)) {
+        /* When the wake-up was asked for: the loop adapts its polling
+         * window to this, not to when its vCPU got to run (see
+         * sp_notify_withdraw). Only the first notifier's time counts. */
+        int64_t none = 0;
+        atomic_compare_exchange_strong_explicit(&ctx->wake_asked_ns, &none,
+                                                sp_now(),
+                                                memory_order_relaxed,
+                                                memory_order_relaxed);
         spindle_notifier_set(&ctx->wake);
     }
 }
@@ -58,6 +68,8 @@ void sp_notify_remote(spindle_ctx *ctx)
 
 bool sp_notify_announce(spindle_ctx *ctx)
 {
+    /* Ordered before the announcement by the seq_cst store below. */
+    atomic_store_explicit(&ctx->wake_asked_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&ctx->notify_me, true, memory_order_seq_cst);
     if (atomic_load_explicit(&ctx->notified, memory_order_seq_cst)) {
         /* Work came in since the timeout was computed: do not sleep. */
@@ -67,11 +79,17 @@ bool sp_notify_announce(spindle_ctx *ctx)
     return true;
 }
 
-void sp_notify_withdraw(spindle_ctx *ctx)
+int64_t sp_notify_withdraw(spindle_ctx *ctx)
 {
     /* Relaxed: a notifier that still sees the flag only writes the eventfd
      * once too often, which the next wait drains. */
     atomic_store_explicit(&ctx->notify_me, false, memory_order_relaxed);
+    /* Waking a sleeping vCPU costs tens of microseconds on a VM, more than
+     * the whole polling window: counted as waiting, it would shrink the
+     * window to nothing exactly when a peer answers within a microsecond,
+     * and keep it there. */
+    return atomic_exchange_explicit(&ctx->wake_asked_ns, 0,
+                                    memory_order_relaxed);
 }
 
 void sp_notify_accept(spindle_ctx *ctx)
