@@ -173,7 +173,9 @@ spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
     sp_timer_heap *hp = &ctx->timers[clock];
     pthread_mutex_lock(&ctx->timer_lock);
     if (hp->count == hp->capacity) {
-        uint32_t cap = hp->capacity ? hp->capacity * 2 : 16;
+        /* 1.5x: a slot is reserved for every timer that exists, so the
+         * slack is memory each timer pays for. */
+        uint32_t cap = hp->capacity ? hp->capacity + hp->capacity / 2 : 16;
         sp_timer_entry *slots = sp_realloc(hp->slot, sizeof(*slots) * cap);
         if (!slots) {
             pthread_mutex_unlock(&ctx->timer_lock);
