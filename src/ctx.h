@@ -123,7 +123,6 @@ bool sp_notify_wake_poll(void *opaque);
 /* spindle_notify(), skipped when the caller is the thread inside this
  * context's iteration: that thread re-reads everything before it sleeps. */
 void sp_notify_remote(spindle_ctx *ctx);
-bool sp_on_loop_thread(const spindle_ctx *ctx);
 /* This thread's identity, as stored in ctx->owner. */
 uintptr_t sp_thread_id(void);
 

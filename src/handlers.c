@@ -244,8 +244,10 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
         install(ctx, h, old);
     }
     sp_handler *free_now = old ? retire(ctx, old) : NULL;
-    if (!internal) {
-        ctx->user_fds += (unsigned)(h && !old) - (unsigned)(!h && old);
+    if (!internal && h && !old) {
+        ctx->user_fds++;
+    } else if (!internal && !h && old) {
+        ctx->user_fds--;
     }
     if (ctx->epoll_auto && ctx->user_fds >= SP_EPOLL_THRESHOLD) {
         ctx->epoll_auto = false;

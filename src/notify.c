@@ -27,7 +27,7 @@
  * model would cost a __tls_get_addr call on every spindle_poll. */
 static _Thread_local char thread_tag __attribute__((tls_model("initial-exec")));
 
-bool sp_on_loop_thread(const spindle_ctx *ctx)
+static bool on_loop_thread(const spindle_ctx *ctx)
 {
     return atomic_load_explicit(&ctx->owner, memory_order_relaxed) ==
            (uintptr_t)&thread_tag;
@@ -61,7 +61,7 @@ void sp_notify_remote(spindle_ctx *ctx)
 {
     /* The loop thread reads every BH, timer and handler change again before
      * its next wait, so it never needs to wake itself. */
-    if (!sp_on_loop_thread(ctx)) {
+    if (!on_loop_thread(ctx)) {
         spindle_notify(ctx);
     }
 }
