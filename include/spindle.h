@@ -50,18 +50,33 @@ typedef void spindle_io_fn(void *opaque);
 typedef bool spindle_poll_fn(void *opaque);
 
 typedef enum {
-    SPINDLE_BACKEND_AUTO,     /* io_uring if usable, else poll then epoll */
+    SPINDLE_BACKEND_AUTO,     /* poll, then epoll from 64 fds on (this
+                               * version has no io_uring back-end) */
     SPINDLE_BACKEND_POLL,     /* ppoll(2) over every registered fd: O(n) */
     SPINDLE_BACKEND_EPOLL,    /* epoll(7) from creation on */
-    SPINDLE_BACKEND_IO_URING, /* io_uring; this version falls back to epoll */
+    SPINDLE_BACKEND_IO_URING, /* not in this version: gives epoll */
 } spindle_backend;
 
+/* Options for spindle_ctx_new_opts(). Start from SPINDLE_OPTIONS_INIT, the
+ * defaults, and change what you need:
+ *
+ *     spindle_options o = SPINDLE_OPTIONS_INIT;
+ *     o.backend = SPINDLE_BACKEND_EPOLL;
+ *     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
+ *
+ * A zero-initialised struct (`spindle_options o = {0}`) is not the
+ * defaults: its poll_max_ns of 0 turns busy polling off, whereas poll_grow
+ * and poll_shrink of 0 do mean their defaults. */
 typedef struct spindle_options {
     spindle_backend backend; /* AUTO honours $SPINDLE_BACKEND */
     int64_t poll_max_ns;     /* < 0: default (32768); 0: busy polling off */
     int64_t poll_grow;       /* 0: default (2); must not be negative */
-    int64_t poll_shrink;     /* 0: reset the window to 0 on shrink */
+    int64_t poll_shrink;     /* 0: default (reset the window to 0 on shrink) */
 } spindle_options;
+
+/* The default options, as spindle_ctx_new() uses them: AUTO back-end,
+ * polling window up to 32768 ns, growing by 2, reset to 0 on shrink. */
+#define SPINDLE_OPTIONS_INIT { SPINDLE_BACKEND_AUTO, -1, 0, 0 }
 
 /* ------------------------------------------------------------------------
  * Context
@@ -72,14 +87,36 @@ typedef struct spindle_options {
  * exhaustion; nothing is leaked then. Any thread. */
 SPINDLE_API spindle_ctx *spindle_ctx_new(void);
 
-/* Create a context with options; o may be NULL for the defaults. The back-end
- * is chosen as follows: SPINDLE_BACKEND_AUTO reads $SPINDLE_BACKEND
- * ("poll", "epoll" or "io_uring"; anything else is ignored) and otherwise
- * starts on poll and switches to epoll for good once 64 or more fds are
- * registered. SPINDLE_BACKEND_EPOLL uses epoll from creation on. Whatever
- * was asked, epoll failing (at creation, for example for want of an fd, or
- * later) makes the context fall back to poll for good; spindle_backend_name
- * tells which one runs. io_uring (not part of this version) means epoll.
+/* Create a context with options; o may be NULL for the defaults (see
+ * spindle_options and SPINDLE_OPTIONS_INIT). The back-end is chosen as
+ * follows: SPINDLE_BACKEND_AUTO reads $SPINDLE_BACKEND ("poll", "epoll" or
+ * "io_uring"; anything else is ignored) and otherwise starts on poll and
+ * switches to epoll for good once 64 or more fds are registered.
+ * SPINDLE_BACKEND_EPOLL uses epoll from creation on. Whatever was asked,
+ * epoll failing (at creation, for example for want of an fd, or later)
+ * makes the context fall back to poll for good; spindle_backend_name tells
+ * which one runs. io_uring (not part of this version) means epoll.
+ *
+ * When busy polling runs, and what it costs. Busy polling can only see
+ * events that an io_poll callback checks in user space. On the poll and
+ * epoll back-ends the loop therefore spins only while every registered fd
+ * handler has an io_poll: a single handler without one (a listening
+ * socket, a signalfd, a connection served by io_read alone) could have an
+ * event that no io_poll would notice, so the loop goes straight to the
+ * kernel wait, calling each io_poll once on the way, and the polling window
+ * is never used. spindle_get_stats() shows it: unpolled_handlers counts the
+ * handlers without io_poll, and poll_hits/poll_misses stay 0. While the loop
+ * does spin, each round calls every io_poll, for up to the window (at most
+ * poll_max_ns) until one makes progress: an io_poll must be a load from
+ * memory; one that makes a system call (a recv(MSG_DONTWAIT) per connection,
+ * say) costs that call per connection per round, more than the sleep it
+ * saves. So: give io_poll to user-space sources (a ring in shared memory, a
+ * flag another thread sets, a device's completion queue) and leave sockets
+ * and other fds to io_read/io_write and the kernel wait. A plain socket
+ * server gains nothing from busy polling on these back-ends; poll_max_ns 0
+ * says so explicitly. (A back-end that checks every fd from user space,
+ * io_uring, is not part of this version.)
+ *
  * Errors: NULL + errno EINVAL (unknown back-end, negative grow or shrink),
  * ENOMEM, EMFILE, ENFILE. Any thread. */
 SPINDLE_API spindle_ctx *spindle_ctx_new_opts(const spindle_options *o);
@@ -92,7 +129,7 @@ SPINDLE_API spindle_ctx *spindle_ctx_new_opts(const spindle_options *o);
  * runs (not from a callback). NULL is ignored. Cost O(n + b + t). */
 SPINDLE_API void spindle_ctx_free(spindle_ctx *ctx);
 
-/* Run one iteration of the loop (SPEC section 2): compute the timeout,
+/* Run one iteration of the loop (docs/design.md): compute the timeout,
  * busy-poll io_poll callbacks for up to the current window, wait in the
  * back-end if still needed, then run scheduled bottom halves, ready fd
  * handlers and expired timers.
@@ -151,6 +188,13 @@ typedef struct spindle_stats {
     uint64_t stale_fds;      /* registered fds found closed and disarmed */
     int64_t poll_ns;         /* the current polling window */
     int64_t poll_max_ns;     /* its upper bound; 0: busy polling off */
+    /* Registered fd handlers without io_poll (now, not a running count).
+     * While it is not 0, poll and epoll do not busy-poll at all, whatever
+     * poll_max_ns says: see spindle_ctx_new_opts(). */
+    uint64_t unpolled_handlers;
+    /* Interest changes passed to the kernel (spindle_set_fd_interest): one
+     * epoll_ctl each on epoll; poll has no kernel state and counts none. */
+    uint64_t interest_updates;
 } spindle_stats;
 
 /* Copy the counters into *out. 0, or -EINVAL if ctx or out is NULL. */
@@ -176,6 +220,14 @@ SPINDLE_API int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out);
  * poll back-end sees it as invalid, stops waiting on it and counts it in
  * stats.stale_fds; epoll drops it by itself. No callback runs for it and the
  * loop does not spin; remove it (or register the fd number again) as usual.
+ * The handler waits for the events it has callbacks for: readable if io_read,
+ * writable if io_write. To change that without re-registering (write
+ * interest on only while a socket's buffer is full, say), use
+ * spindle_set_fd_interest(): registering costs an allocation and, on epoll,
+ * a system call each time; changing the interest costs neither.
+ * Busy polling: on the poll and epoll back-ends a handler without io_poll
+ * keeps the whole context from busy polling (spindle_ctx_new_opts() says
+ * why and what to do instead); stats.unpolled_handlers counts them.
  * Returns 0; -EINVAL for a NULL context; -EBADF when registering or updating
  * a negative fd or one that is not open; -ENOMEM. Any thread: a change made
  * from another thread takes effect by the next iteration and wakes the loop.
@@ -187,6 +239,37 @@ SPINDLE_API int spindle_set_fd_handler(spindle_ctx *ctx, int fd,
                                        spindle_poll_fn *io_poll,
                                        void *opaque);
 
+/* Change which events the loop waits for on registered fd, keeping its
+ * callbacks: read (io_read runs when fd is readable, hung up or in error)
+ * and write (io_write runs when it is writable or in error). Registering
+ * with spindle_set_fd_handler() sets both to "the callback is not NULL".
+ * This is flow control for servers: register io_read and io_write once,
+ * keep write interest off while replies go out in full, turn it on when a
+ * send() comes back short (the socket's buffer is full) and off again once
+ * io_write has sent the rest; turn read interest off to stop reading from a
+ * peer that does not read its replies.
+ * - Once this returns, a callback whose interest is off is not called, not
+ *   even for readiness found earlier in the same iteration. One whose
+ *   interest is turned on is called from the next wait on (level-triggered:
+ *   readiness that arose meanwhile is reported).
+ * - With write interest on and read interest off, a hang-up runs io_write
+ *   (whose next write reports the error), so a closed peer is never silent.
+ * - Both off: fd stays registered but is not waited on. io_poll, if any, is
+ *   still busy-polled.
+ * - Same behaviour on every back-end. The change is recorded and given to
+ *   the kernel before the next wait, once per fd however often the interest
+ *   changed meanwhile: epoll makes at most one epoll_ctl for it, none if the
+ *   interest ended where it started; poll waits on the current interest at
+ *   every ppoll and makes no extra call.
+ * Cost O(1); never allocates and makes no system call. It takes the
+ * handler lock for a few instructions (a futex wait only if another thread
+ * is registering a handler at that very moment).
+ * Returns 0; -EINVAL for a NULL context, or when want_read (want_write) is
+ * true and io_read (io_write) is NULL, then nothing changes; -EBADF for a
+ * negative fd; -ENOENT for an fd that is not registered. Loop thread. */
+SPINDLE_API int spindle_set_fd_interest(spindle_ctx *ctx, int fd,
+                                        bool want_read, bool want_write);
+
 /* Set the callbacks run on fd's handler when the context starts busy polling
  * (poll_begin: for example disable the device's notifications) and when it
  * stops before sleeping in the kernel (poll_end: re-enable them). Each
@@ -194,9 +277,11 @@ SPINDLE_API int spindle_set_fd_handler(spindle_ctx *ctx, int fd,
  * and keeps it across non-blocking iterations; it leaves it right before a
  * kernel wait with a non-zero timeout, and then checks every io_poll once
  * more, since an event may have raced with the re-enabled notifications.
- * Only handlers that have an io_poll take part in busy polling, so register
- * the io_poll first: this is ignored for an fd whose handler has none, for
- * an unregistered fd and for a NULL context. Replacing the handler keeps
+ * Only handlers that have an io_poll have these callbacks (and on poll and
+ * epoll the context busy-polls only while every handler has an io_poll: see
+ * spindle_ctx_new_opts()), so register the io_poll first: this is ignored
+ * for an fd whose handler has none, for an unregistered fd and for a NULL
+ * context. Replacing the handler keeps
  * these callbacks as long as the new one has an io_poll. Loop thread. O(1). */
 SPINDLE_API void spindle_set_fd_poll(spindle_ctx *ctx, int fd,
                                      spindle_io_fn *poll_begin,

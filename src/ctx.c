@@ -2,8 +2,8 @@
  * SPDX-License-Identifier: MIT
  *
  * spindle_poll() below is the whole iteration and reads top to bottom as
- * the numbered steps of SPEC section 2; each step's machinery lives in the
- * file named beside it.
+ * the numbered steps of docs/design.md ("The iteration"); each step's
+ * machinery lives in the file named beside it.
  */
 #include "ctx.h"
 
@@ -177,6 +177,10 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
         if (timeout) {
             progress |= sp_polling_leave(ctx, &timeout, work);
         }
+        /* handlers.c: interest changes reach the kernel only now, once per
+         * fd whatever happened to it since the last wait (after the last
+         * io_poll call, which may change some, and before announcing). */
+        sp_interest_apply(ctx);
         if (timeout) {
             /* notify.c: from here a notifier writes the eventfd. */
             announced = sp_notify_announce(ctx);
@@ -258,6 +262,8 @@ int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out)
         .poll_hits = SP_STAT_READ(poll_hits),
         .poll_misses = SP_STAT_READ(poll_misses),
         .stale_fds = SP_STAT_READ(stale_fds),
+        .interest_updates = SP_STAT_READ(interest_updates),
+        .unpolled_handlers = (uint64_t)SP_STAT_READ(poll_disable_cnt),
         .poll_ns = SP_STAT_READ(poll_ns),
         .poll_max_ns = ctx->poll_max_ns,
     };

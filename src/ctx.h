@@ -26,6 +26,7 @@
 #define SP_POLL_GROW_DEFAULT 2
 #define SP_POLL_START_NS 4000
 #define SP_IDLE_BH_TIMEOUT_NS 10000000  /* 10 ms */
+#define SP_DIRTY_END (-1)               /* ctx->dirty_next: last on the list */
 
 /* ---- clock.c */
 
@@ -55,7 +56,9 @@ void sp_notifier_destroy(struct spindle_notifier *n);
 /* ---- handlers.c */
 
 /* A registration. Records are replaced, never edited, while other threads
- * may read them: an update installs a new record and retires the old.
+ * may read them: an update installs a new record and retires the old. The
+ * one exception is the interest (spindle_set_fd_interest): `interest` is
+ * the loop thread's own, and `events` changes only under list_lock.
  * Kept small (72 bytes) because a server may register tens of thousands:
  * what only busy-polled handlers need lives in sp_polled_handler. */
 struct sp_handler {
@@ -67,14 +70,21 @@ struct sp_handler {
     spindle_poll_fn *io_poll; /* non-NULL: this is a sp_polled_handler */
     void *opaque;
     int fd;
-    short events;      /* POLLIN and/or POLLOUT */
     short revents;     /* loop thread: what the last wait reported */
+    uint8_t events;    /* POLLIN and/or POLLOUT as the monitor was last
+                        * told (its kernel set); list_lock */
+    uint8_t interest;  /* what the loop waits for and dispatches: equal to
+                        * `events` but for a change not yet applied (fd on
+                        * ctx's dirty list). Written by the loop thread
+                        * under list_lock, read by the loop thread */
     atomic_bool deleted;
     bool is_external;
     bool internal;     /* the context's own wake-up: never progress */
     bool stale;        /* loop thread: found closed, no longer waited on */
     bool queued;       /* loop thread: on ctx->ready */
 };
+_Static_assert(sizeof(sp_handler) <= 72, "a handler record fits 80-byte "
+               "malloc chunks: see the memory row of make bench");
 
 typedef struct sp_polled_handler {
     sp_handler h;
@@ -105,6 +115,11 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
  * spindle_disable_external(). */
 bool sp_handler_enabled(spindle_ctx *ctx, const sp_handler *h);
 bool sp_handlers_dispatch(spindle_ctx *ctx);
+/* Tell the monitor about the interest changes made since the last call
+ * (spindle_set_fd_interest): at most one kernel call per fd, none for an fd
+ * whose interest ended where it started. Loop thread, before every wait(),
+ * so that a wait never sees an fd on the dirty list. */
+void sp_interest_apply(spindle_ctx *ctx);
 /* Whether some live handler has no io_poll, so that busy polling cannot
  * see every event: the need_wait() of the poll and epoll monitors. */
 bool sp_handlers_unpolled(spindle_ctx *ctx);
@@ -198,6 +213,14 @@ struct spindle_ctx {
     sp_link handlers;
     sp_link polled;
     sp_handler **fd_table;  /* list_lock */
+    /* The dirty list: fds whose interest changed since the monitor was
+     * last told, chained through a table beside fd_table (list_lock):
+     * dirty_next[fd] is 0 (not listed), SP_DIRTY_END, or the next fd + 1.
+     * Kept by fd rather than by record, so a record that is replaced or
+     * removed meanwhile needs no unlinking. dirty_head is written under
+     * list_lock by the loop thread, the only thread that reads it. */
+    int *dirty_next;
+    int dirty_head;         /* -1: empty */
     int fd_table_size;      /* list_lock */
     unsigned user_fds;      /* list_lock */
     atomic_int poll_disable_cnt; /* live handlers without io_poll */
@@ -232,7 +255,7 @@ struct spindle_ctx {
 
     /* Statistics: loop thread writes (SP_STAT_INC). */
     _Atomic uint64_t iterations, kernel_waits, blocking_waits;
-    _Atomic uint64_t poll_hits, poll_misses, stale_fds;
+    _Atomic uint64_t poll_hits, poll_misses, stale_fds, interest_updates;
 };
 
 #endif

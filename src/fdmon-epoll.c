@@ -6,7 +6,10 @@
  * O(registered). A replaced record is swapped in with EPOLL_CTL_MOD; a
  * retired one may still come back from a wait that was already running,
  * which is safe because records are freed only after the loop stops
- * walking (handlers.c), and dispatch skips retired ones.
+ * walking (handlers.c), and dispatch skips retired ones. An interest change
+ * (spindle_set_fd_interest) is one EPOLL_CTL_MOD at the next wait, or an
+ * ADD or DEL when it goes from or to no interest at all, since an fd in the
+ * set with no events would still report errors and hang-ups.
  *
  * Pitfalls handled here:
  * - The kernel drops an fd from the set when its last reference is closed,
@@ -51,26 +54,24 @@ static int ctl(int epfd, int op, int fd, struct epoll_event *ev)
     return epoll_ctl(epfd, op, fd, ev);
 }
 
-static int epoll_apply(spindle_ctx *ctx, const sp_handler *old,
-                       sp_handler *new_h)
+/* Move fd's entry in the set from `was` to `now` events (0: not in the
+ * set), pointing at record h. */
+static int epoll_apply(spindle_ctx *ctx, int fd, sp_handler *h, int was,
+                       int now)
 {
-    bool was_in = old && old->events;
-    bool now_in = new_h && new_h->events;
-
-    if (now_in) {
-        struct epoll_event ev = { .events = (uint32_t)new_h->events,
-                                  .data.ptr = new_h };
-        int op = was_in ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-        int r = ctl(ctx->epollfd, op, new_h->fd, &ev);
+    if (now) {
+        struct epoll_event ev = { .events = (uint32_t)now, .data.ptr = h };
+        int op = was ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        int r = ctl(ctx->epollfd, op, fd, &ev);
         if (r < 0 && errno == ENOENT && op == EPOLL_CTL_MOD) {
-            r = ctl(ctx->epollfd, EPOLL_CTL_ADD, new_h->fd, &ev);
+            r = ctl(ctx->epollfd, EPOLL_CTL_ADD, fd, &ev);
         } else if (r < 0 && errno == EEXIST && op == EPOLL_CTL_ADD) {
-            r = ctl(ctx->epollfd, EPOLL_CTL_MOD, new_h->fd, &ev);
+            r = ctl(ctx->epollfd, EPOLL_CTL_MOD, fd, &ev);
         }
         return r < 0 ? -errno : 0;
     }
-    if (was_in) {
-        int r = ctl(ctx->epollfd, EPOLL_CTL_DEL, old->fd, NULL);
+    if (was) {
+        int r = ctl(ctx->epollfd, EPOLL_CTL_DEL, fd, NULL);
         return r < 0 && errno != ENOENT && errno != EBADF ? -errno : 0;
     }
     return 0;
@@ -78,12 +79,22 @@ static int epoll_apply(spindle_ctx *ctx, const sp_handler *old,
 
 static int epoll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
 {
-    int r = epoll_apply(ctx, old, new_h);
+    int r = epoll_apply(ctx, new_h ? new_h->fd : old->fd, new_h,
+                        old ? old->events : 0, new_h ? new_h->events : 0);
     if (r == -EBADF || r == 0) {
         return r;
     }
     epoll_give_up(ctx);
     return sp_fdmon_poll.update(ctx, old, new_h);
+}
+
+static void epoll_set_events(spindle_ctx *ctx, sp_handler *h, int events)
+{
+    int r = epoll_apply(ctx, h->fd, h, h->events, events);
+    /* EBADF: closed behind the loop's back, so no longer in the set. */
+    if (r < 0 && r != -EBADF) {
+        epoll_give_up(ctx);
+    }
 }
 
 bool sp_fdmon_epoll_enable(spindle_ctx *ctx)
@@ -96,7 +107,8 @@ bool sp_fdmon_epoll_enable(spindle_ctx *ctx)
     }
     for (sp_link *l = sp_list_first(&ctx->handlers); l != &ctx->handlers;
          l = sp_list_next(l)) {
-        int r = epoll_apply(ctx, NULL, sp_container_of(l, sp_handler, all));
+        sp_handler *h = sp_container_of(l, sp_handler, all);
+        int r = epoll_apply(ctx, h->fd, h, 0, h->events);
         /* EBADF: closed behind the loop's back; nothing to wait on. */
         if (r < 0 && r != -EBADF) {
             close(ctx->epollfd);
@@ -156,5 +168,6 @@ const sp_fdmon sp_fdmon_epoll = {
     .name = "epoll",
     .update = epoll_update,
     .wait = epoll_wait_fn,
+    .set_events = epoll_set_events,
     .need_wait = sp_handlers_unpolled,
 };

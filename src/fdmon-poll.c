@@ -4,8 +4,10 @@
  * The portable fallback and the AUTO start: it keeps no kernel state, so
  * update() has nothing to do and wait() builds the fd array afresh from the
  * handler list each time: O(n) per wait, which is why AUTO moves to epoll at
- * 64 fds. Because it is stateless, the epoll monitor also borrows wait()
- * while external handlers are disabled.
+ * 64 fds. For the same reason it waits on each handler's current interest
+ * and needs no set_events(): an interest change costs it nothing. Because
+ * it is stateless, the epoll monitor also borrows wait() while external
+ * handlers are disabled.
  *
  * The fd array is the context's scratch, used only between filling it and
  * reading the results back, with no callback in between, so nested
@@ -61,7 +63,7 @@ static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
     for (sp_link *l = sp_list_first(&ctx->handlers); l != &ctx->handlers;
          l = sp_list_next(l)) {
         sp_handler *h = sp_container_of(l, sp_handler, all);
-        if (!h->events || h->stale || !sp_handler_enabled(ctx, h)) {
+        if (!h->interest || h->stale || !sp_handler_enabled(ctx, h)) {
             continue;
         }
         if (!poll_reserve(ctx, n)) {
@@ -71,7 +73,7 @@ static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
             complete = false;
             break;
         }
-        ctx->pollfds[n] = (struct pollfd){ .fd = h->fd, .events = h->events };
+        ctx->pollfds[n] = (struct pollfd){ .fd = h->fd, .events = h->interest };
         ctx->pollnodes[n++] = h;
     }
 

@@ -7,9 +7,18 @@
  * only keeps the kernel's view of the handler set and waits.
  *
  * Threads: update() runs with the handler lock held, on any thread, because
- * handlers may be registered from any thread. wait() and need_wait() run on
- * the loop thread inside an iteration, with a walker count held, so no
- * handler record that wait() reports can be freed before it is dispatched.
+ * handlers may be registered from any thread. set_events() runs with the
+ * lock held on the loop thread. wait() and need_wait() run on the loop
+ * thread inside an iteration, with a walker count held, so no handler
+ * record that wait() reports can be freed before it is dispatched.
+ *
+ * A record's `events` is what the monitor was last told for it; its
+ * `interest` is what the user wants now (spindle_set_fd_interest). The loop
+ * brings the two together with set_events() right before every wait(), one
+ * call per changed fd however often it changed (libev coalesces the same
+ * way), so wait() may rely on events == interest for every record. A
+ * monitor that reads the interest afresh at every wait (poll) leaves
+ * set_events NULL.
  */
 #ifndef SPINDLE_FDMON_H
 #define SPINDLE_FDMON_H
@@ -33,6 +42,11 @@ typedef struct sp_fdmon {
     /* Wait up to timeout_ns (-1: no limit, 0: do not block) and queue the
      * ready handlers with sp_ready_add(). */
     void (*wait)(spindle_ctx *ctx, int64_t timeout_ns);
+    /* Make the kernel's set hold `events` (POLLIN/POLLOUT, maybe 0) for h,
+     * which it holds with h->events now; the caller then stores events in
+     * h->events. Failures are handled inside, as for update() (a closed fd
+     * is left alone). NULL: the monitor keeps no per-fd kernel state. */
+    void (*set_events)(spindle_ctx *ctx, sp_handler *h, int events);
     /* Whether wait() must run even with a zero timeout because busy polling
      * cannot see every event source. */
     bool (*need_wait)(spindle_ctx *ctx);

@@ -12,6 +12,16 @@
  *
  * fd_table maps an fd to its live record in O(1), so registration does not
  * walk the list; it is only touched under the lock.
+ *
+ * Interest (spindle_set_fd_interest) is the exception to "never edited":
+ * flow control in a server turns write interest on and off once per short
+ * write, and a new record per change would allocate and cost a kernel call
+ * each time. So the loop thread changes `interest` in place, under the
+ * lock (which keeps fd_table and the dirty table still while it looks the
+ * fd up), and only it reads that field: the poll monitor's wait and
+ * dispatch run on the loop thread. What other threads read, `events` (the
+ * monitor's view, which registration compares against), changes only in
+ * sp_interest_apply(), under the lock, right before the next wait.
  */
 #include "ctx.h"
 
@@ -96,15 +106,21 @@ bool sp_handlers_dispatch(spindle_ctx *ctx)
         ctx->ready = h->ready_next;
         h->queued = false;
         int revents = h->revents;
-        /* Each call may remove any handler, this one included: check again
-         * before every call. Events of a disabled external handler are
-         * dropped here and reported again (level-triggered) once enabled. */
+        /* Each call may remove any handler, this one included, or turn its
+         * interest off: check again before every call. Events of a disabled
+         * external handler are dropped here and reported again
+         * (level-triggered) once enabled. */
         if ((revents & (POLLIN | POLLHUP | POLLERR)) && h->io_read &&
-            sp_handler_enabled(ctx, h)) {
+            (h->interest & POLLIN) && sp_handler_enabled(ctx, h)) {
             h->io_read(h->opaque);
             progress |= !h->internal;
         }
-        if ((revents & (POLLOUT | POLLERR)) && h->io_write &&
+        /* A hang-up that io_read cannot see (read interest off) goes to
+         * io_write, whose next write reports it: otherwise the kernel would
+         * report it at every wait and nothing would consume it. */
+        int write_on = POLLOUT | POLLERR |
+                       (h->interest & POLLIN ? 0 : POLLHUP);
+        if ((revents & write_on) && h->io_write && (h->interest & POLLOUT) &&
             sp_handler_enabled(ctx, h)) {
             h->io_write(h->opaque);
             progress = true;
@@ -126,11 +142,24 @@ static int fd_table_reserve(spindle_ctx *ctx, int fd)
     if (!t) {
         return -ENOMEM;
     }
+    ctx->fd_table = t;
+    int *d = sp_realloc(ctx->dirty_next, sizeof(*d) * (size_t)size);
+    if (!d) {
+        return -ENOMEM; /* fd_table grew, its size did not: harmless */
+    }
+    ctx->dirty_next = d;
     memset(t + ctx->fd_table_size, 0,
            sizeof(*t) * (size_t)(size - ctx->fd_table_size));
-    ctx->fd_table = t;
+    memset(d + ctx->fd_table_size, 0,
+           sizeof(*d) * (size_t)(size - ctx->fd_table_size));
     ctx->fd_table_size = size;
     return 0;
+}
+
+/* Lock held. The live record of fd, or NULL. */
+static sp_handler *lookup(spindle_ctx *ctx, int fd)
+{
+    return fd < ctx->fd_table_size ? ctx->fd_table[fd] : NULL;
 }
 
 /* Lock held. Insert a filled record; it takes over `old`'s poll state,
@@ -213,7 +242,8 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
         h->io_write = io_write;
         h->io_poll = io_poll;
         h->opaque = opaque;
-        h->events = (short)((io_read ? POLLIN : 0) | (io_write ? POLLOUT : 0));
+        h->events = (uint8_t)((io_read ? POLLIN : 0) | (io_write ? POLLOUT : 0));
+        h->interest = h->events;
         h->is_external = is_external;
         h->internal = internal;
         /* Publishes the fields above to the loop: see sp_ready_add(). */
@@ -221,7 +251,7 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
     }
 
     sp_lockcnt_lock(&ctx->list_lock);
-    sp_handler *old = fd < ctx->fd_table_size ? ctx->fd_table[fd] : NULL;
+    sp_handler *old = lookup(ctx, fd);
     if (h && fd_table_reserve(ctx, fd) < 0) {
         sp_lockcnt_unlock(&ctx->list_lock);
         free(h->io_poll ? (void *)sp_polled_of(h) : (void *)h);
@@ -281,11 +311,69 @@ void spindle_set_fd_poll(spindle_ctx *ctx, int fd, spindle_io_fn *poll_begin,
      * walks the lists; the lock keeps writers that copy these fields into a
      * replacement record from reading them half-changed. */
     sp_lockcnt_lock(&ctx->list_lock);
-    sp_handler *h = fd < ctx->fd_table_size ? ctx->fd_table[fd] : NULL;
+    sp_handler *h = lookup(ctx, fd);
     if (h && h->io_poll && !h->internal) {
         sp_polled_of(h)->poll_begin = poll_begin;
         sp_polled_of(h)->poll_end = poll_end;
     }
+    sp_lockcnt_unlock(&ctx->list_lock);
+}
+
+int spindle_set_fd_interest(spindle_ctx *ctx, int fd, bool want_read,
+                            bool want_write)
+{
+    if (!ctx) {
+        return -EINVAL;
+    }
+    if (fd < 0) {
+        return -EBADF;
+    }
+    int r = 0;
+    sp_lockcnt_lock(&ctx->list_lock);
+    sp_handler *h = lookup(ctx, fd);
+    if (!h || h->internal) {
+        r = -ENOENT;
+    } else if ((want_read && !h->io_read) || (want_write && !h->io_write)) {
+        r = -EINVAL; /* no callback would ever run for it */
+    } else {
+        h->interest = (uint8_t)((want_read ? POLLIN : 0) |
+                                (want_write ? POLLOUT : 0));
+        /* Listed once, however often it changes before the next wait. */
+        if (h->interest != h->events && !ctx->dirty_next[fd]) {
+            ctx->dirty_next[fd] = ctx->dirty_head < 0 ? SP_DIRTY_END
+                                                      : ctx->dirty_head + 1;
+            ctx->dirty_head = fd;
+        }
+    }
+    sp_lockcnt_unlock(&ctx->list_lock);
+    return r;
+}
+
+void sp_interest_apply(spindle_ctx *ctx)
+{
+    if (ctx->dirty_head < 0) {
+        return; /* the common case: no lock taken */
+    }
+    sp_lockcnt_lock(&ctx->list_lock);
+    for (int fd = ctx->dirty_head; fd >= 0;) {
+        int next = ctx->dirty_next[fd] - 1; /* SP_DIRTY_END gives -2 */
+        ctx->dirty_next[fd] = 0;
+        /* NULL: removed meanwhile. A replacement record starts with
+         * interest == events, so it is skipped as well. */
+        sp_handler *h = lookup(ctx, fd);
+        if (h && h->interest != h->events) {
+            /* Re-read for each fd: a failing epoll hands over to poll. */
+            const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
+                                                       memory_order_relaxed);
+            if (mon->set_events) {
+                mon->set_events(ctx, h, h->interest);
+                SP_STAT_INC(ctx, interest_updates);
+            }
+            h->events = h->interest;
+        }
+        fd = next;
+    }
+    ctx->dirty_head = -1;
     sp_lockcnt_unlock(&ctx->list_lock);
 }
 
@@ -322,6 +410,7 @@ void sp_handlers_init(spindle_ctx *ctx)
     sp_lockcnt_init(&ctx->list_lock);
     sp_list_init(&ctx->handlers);
     sp_list_init(&ctx->polled);
+    ctx->dirty_head = -1;
     atomic_init(&ctx->zombies, NULL);
     atomic_init(&ctx->poll_disable_cnt, 0);
     atomic_init(&ctx->external_disable_cnt, 0);
@@ -339,6 +428,7 @@ void sp_handlers_destroy(spindle_ctx *ctx)
     }
     free_chain(atomic_load_explicit(&ctx->zombies, memory_order_relaxed));
     free(ctx->fd_table);
+    free(ctx->dirty_next);
     free(ctx->pollfds);
     free(ctx->pollnodes);
     if (ctx->epollfd >= 0) {
