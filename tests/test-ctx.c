@@ -74,7 +74,8 @@ static void wait_for_timer(spindle_ctx *ctx, int64_t delay_ns)
     spindle_timer_free(t);
 }
 
-/* Give ctx a non-zero polling window (SPEC 2 step 5: a blocking wait of
+/* Give ctx a non-zero polling window (docs/design.md, the iteration, step
+ * 5: a blocking wait of
  * 1 ms, far under a 200 ms maximum, grows the window from 0 to 4000 ns), so
  * that a later call that wrongly restarted the window would show. */
 static int64_t open_window(spindle_ctx *ctx)
@@ -109,6 +110,26 @@ static void ctx_new_opts_null_uses_default_options(void **state)
     assert_int_equal(s.poll_max_ns, DEFAULT_POLL_MAX_NS);
     assert_int_equal(s.poll_ns, 0);
     assert_int_equal(spindle_get_poll_ns(ctx), 0);
+    spindle_ctx_free(ctx);
+}
+
+/* SPINDLE_OPTIONS_INIT is what spindle_ctx_new() uses; a zeroed struct is
+ * not (its poll_max_ns of 0 turns busy polling off). */
+static void options_init_gives_the_defaults_and_zero_init_does_not(void **state)
+{
+    spindle_options o = SPINDLE_OPTIONS_INIT;
+    assert_int_equal(o.backend, SPINDLE_BACKEND_AUTO);
+    spindle_ctx *ctx = spindle_ctx_new_opts(&o);
+    assert_non_null(ctx);
+    assert_string_equal(spindle_backend_name(ctx), auto_backend_at_creation());
+    assert_int_equal(stats_of(ctx).poll_max_ns, DEFAULT_POLL_MAX_NS);
+    spindle_ctx_free(ctx);
+
+    spindle_options zero;
+    memset(&zero, 0, sizeof(zero));
+    ctx = spindle_ctx_new_opts(&zero);
+    assert_non_null(ctx);
+    assert_int_equal(stats_of(ctx).poll_max_ns, 0);
     spindle_ctx_free(ctx);
 }
 
@@ -272,6 +293,52 @@ static void set_poll_params_rejects_negative_shrink_and_changes_nothing(void **s
 static void get_poll_ns_rejects_null(void **state)
 {
     assert_int_equal(spindle_get_poll_ns(NULL), -EINVAL);
+}
+
+/* stats.unpolled_handlers says why busy polling is off: it counts the live
+ * handlers without io_poll (not the context's own wake-up), and while it is
+ * not 0 poll and epoll never spin, so poll_hits and poll_misses stay put
+ * even with a window open. */
+static void stats_count_handlers_without_io_poll(void **state)
+{
+    spindle_ctx *ctx = harness_ctx_new();
+    int a[2], b[2];
+    harness_pipe(a);
+    harness_pipe(b);
+    assert_int_equal(stats_of(ctx).unpolled_handlers, 0);
+
+    int64_t window = open_window(ctx);
+    assert_true(window > 0);
+    assert_int_equal(spindle_set_fd_handler(ctx, a[0], false, set_flag_cb,
+                                            NULL, NULL, NULL), 0);
+    assert_int_equal(spindle_set_fd_handler(ctx, b[0], false, set_flag_cb,
+                                            NULL, poll_false_cb, NULL), 0);
+    assert_int_equal(stats_of(ctx).unpolled_handlers, 1);
+
+    spindle_stats before = stats_of(ctx);
+    for (int i = 0; i < 5; i++) {
+        wait_for_timer(ctx, MS / 10);
+    }
+    spindle_stats after = stats_of(ctx);
+    assert_int_equal(after.poll_hits, before.poll_hits);
+    assert_int_equal(after.poll_misses, before.poll_misses);
+
+    /* Giving the handler an io_poll makes every handler pollable. */
+    assert_int_equal(spindle_set_fd_handler(ctx, a[0], false, set_flag_cb,
+                                            NULL, poll_false_cb, NULL), 0);
+    assert_int_equal(stats_of(ctx).unpolled_handlers, 0);
+    assert_int_equal(spindle_set_fd_handler(ctx, a[0], false, set_flag_cb,
+                                            NULL, NULL, NULL), 0);
+    assert_int_equal(stats_of(ctx).unpolled_handlers, 1);
+    assert_int_equal(spindle_set_fd_handler(ctx, a[0], false, NULL, NULL, NULL,
+                                            NULL), 0);
+    assert_int_equal(stats_of(ctx).unpolled_handlers, 0);
+
+    spindle_ctx_free(ctx);
+    close(a[0]);
+    close(a[1]);
+    close(b[0]);
+    close(b[1]);
 }
 
 static void get_stats_rejects_null_arguments(void **state)
@@ -654,6 +721,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         TEST(ctx_new_creates_context_on_expected_backend),
         TEST(ctx_new_opts_null_uses_default_options),
+        TEST(options_init_gives_the_defaults_and_zero_init_does_not),
         TEST(ctx_new_opts_auto_backend_follows_environment),
         TEST(ctx_new_opts_poll_backend_reports_poll),
         TEST(ctx_new_opts_epoll_backend_reports_epoll),
@@ -671,6 +739,7 @@ int main(void)
         TEST(set_poll_params_rejects_negative_shrink_and_changes_nothing),
         TEST(get_poll_ns_rejects_null),
         TEST(get_stats_rejects_null_arguments),
+        TEST(stats_count_handlers_without_io_poll),
         TEST(backend_name_of_null_is_null),
         TEST(poll_null_ctx_fails_with_einval),
         TEST(compute_timeout_rejects_null),

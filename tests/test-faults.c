@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define MS 1000000LL
@@ -512,7 +513,7 @@ static void faults_in_bh_oneshot(void **state)
 }
 
 /* Scheduling, cancelling, arming and disarming never allocate, create an
- * fd or call epoll_ctl (SPEC 1): there is no failure point to walk. */
+ * fd or call epoll_ctl (spindle.h): there is no failure point to walk. */
 static void scheduling_and_arming_never_fail(void **state)
 {
     spindle_ctx *ctx = harness_ctx_new();
@@ -544,6 +545,139 @@ static void scheduling_and_arming_never_fail(void **state)
     poll_until(ctx, &ran, 1);
     poll_until(ctx, &fired, 1);
     spindle_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Interest changes (spindle_set_fd_interest)
+ */
+
+/* A socketpair end with an io_read and an io_write that count. */
+typedef struct sock_ev {
+    int fd[2];
+    unsigned reads;
+    unsigned writes;
+} sock_ev;
+
+static void sock_read_cb(void *opaque)
+{
+    sock_ev *s = opaque;
+    char buf[64];
+    while (read(s->fd[0], buf, sizeof(buf)) > 0) {
+        /* drain */
+    }
+    s->reads++;
+}
+
+static void sock_write_cb(void *opaque)
+{
+    ((sock_ev *)opaque)->writes++;
+}
+
+static void sock_open(spindle_ctx *ctx, sock_ev *s)
+{
+    memset(s, 0, sizeof(*s));
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |
+                                SOCK_CLOEXEC, 0, s->fd), 0);
+    assert_int_equal(spindle_set_fd_handler(ctx, s->fd[0], false,
+                                            sock_read_cb, sock_write_cb, NULL,
+                                            s), 0);
+}
+
+static void sock_close(sock_ev *s)
+{
+    close(s->fd[0]);
+    close(s->fd[1]);
+}
+
+static bool on_epoll(spindle_ctx *ctx)
+{
+    return !strcmp(spindle_backend_name(ctx), "epoll");
+}
+
+/* A million changes that end where they started allocate nothing, create
+ * no fd and make no epoll_ctl, neither when made nor at the next wait; one
+ * net change costs one epoll_ctl at the next wait (none on poll). */
+static void interest_changes_never_allocate_and_coalesce(void **state)
+{
+    spindle_ctx *ctx = harness_ctx_new();
+    sock_ev s;
+    sock_open(ctx, &s);
+    /* First waits: the poll monitor sizes its array. (Not drain(): s is
+     * always writable, so every iteration makes progress.) */
+    spindle_poll(ctx, false);
+    spindle_poll(ctx, false);
+    unsigned writes = s.writes;
+
+    for (int k = 0; k < NKINDS; k++) {
+        spindle_fault_arm((enum spindle_fault_kind)k, 1);
+    }
+    for (int i = 0; i < 1000000; i++) {
+        spindle_set_fd_interest(ctx, s.fd[0], true, false);
+        spindle_set_fd_interest(ctx, s.fd[0], true, true);
+    }
+    spindle_poll(ctx, false);
+    unsigned long seen[NKINDS];
+    for (int k = 0; k < NKINDS; k++) {
+        seen[k] = spindle_fault_seen((enum spindle_fault_kind)k);
+        spindle_fault_arm((enum spindle_fault_kind)k, 0);
+    }
+    for (int k = 0; k < NKINDS; k++) {
+        assert_int_equal(seen[k], 0);
+    }
+    assert_int_equal(s.writes, writes + 1); /* still waiting for writable */
+
+    spindle_fault_arm(SPINDLE_FAULT_EPOLL_CTL, 0);
+    for (int i = 0; i < 1000; i++) {
+        spindle_set_fd_interest(ctx, s.fd[0], true, true);
+        spindle_set_fd_interest(ctx, s.fd[0], true, false);
+    }
+    spindle_poll(ctx, false);
+    assert_int_equal(spindle_fault_seen(SPINDLE_FAULT_EPOLL_CTL),
+                     on_epoll(ctx) ? 1 : 0);
+    assert_int_equal(s.writes, writes + 1);
+
+    spindle_ctx_free(ctx);
+    sock_close(&s);
+}
+
+/* The epoll_ctl that applies an interest change fails: epoll has lost
+ * track, so the context falls back to poll, which honours the interest. */
+static unsigned long run_interest_change(enum spindle_fault_kind kind,
+                                         unsigned long n)
+{
+    spindle_ctx *ctx = harness_ctx_new();
+    sock_ev s;
+    sock_open(ctx, &s);
+    spindle_poll(ctx, false);
+    bool was_epoll = on_epoll(ctx);
+    unsigned writes = s.writes;
+
+    assert_int_equal(spindle_set_fd_interest(ctx, s.fd[0], true, false), 0);
+    spindle_fault_arm(kind, n);
+    spindle_poll(ctx, false);
+    unsigned long seen = spindle_fault_seen(kind);
+    spindle_fault_arm(kind, 0);
+
+    if (seen >= n) {
+        assert_int_equal(kind, SPINDLE_FAULT_EPOLL_CTL);
+        assert_true(was_epoll);
+        assert_string_equal(spindle_backend_name(ctx), "poll");
+    }
+    drain(ctx);
+    assert_int_equal(s.writes, writes);
+    assert_int_equal(write(s.fd[1], "x", 1), 1);
+    poll_until(ctx, &s.reads, 1);
+    assert_int_equal(spindle_set_fd_interest(ctx, s.fd[0], true, true), 0);
+    poll_until(ctx, &s.writes, writes + 1);
+    assert_usable(ctx);
+    spindle_ctx_free(ctx);
+    sock_close(&s);
+    return seen;
+}
+
+static void faults_in_interest_change(void **state)
+{
+    walk("set_fd_interest (applied at the wait)", run_interest_change);
 }
 
 /* ------------------------------------------------------------------------
@@ -824,6 +958,8 @@ int main(void)
         TEST(faults_in_bh_new),
         TEST(faults_in_bh_oneshot),
         TEST(scheduling_and_arming_never_fail),
+        TEST(interest_changes_never_allocate_and_coalesce),
+        TEST(faults_in_interest_change),
         TEST(faults_in_first_timer_new),
         TEST(faults_in_17th_timer_new),
         TEST(faults_in_notifier_new),

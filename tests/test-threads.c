@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -1167,6 +1168,103 @@ static void external_disabled_and_enabled_from_another_thread(void **state)
     close(fds[1]);
 }
 
+/* ------------------------------------------------------------------------
+ * Interest changes on the loop thread while another thread registers and
+ * removes handlers (growing the fd table and the dirty list's table beside
+ * it, and moving an AUTO context to epoll)
+ */
+
+#define INTEREST_PIPES 100
+#define INTEREST_ROUNDS SCALE(30u, 6u)
+
+struct interest_race {
+    spindle_ctx *ctx;
+    int pipes[INTEREST_PIPES][2];
+    atomic_uint failed;
+    atomic_uint iterations; /* the loop's, so that the rounds interleave */
+    atomic_bool done;
+};
+
+static void interest_noop_cb(void *opaque)
+{
+    (void)opaque;
+}
+
+static void *interest_registrar_main(void *opaque)
+{
+    struct interest_race *r = opaque;
+    for (unsigned k = 0; k < INTEREST_ROUNDS; k++) {
+        wait_uint_at_least(&r->iterations, k + 1);
+        for (int i = 0; i < INTEREST_PIPES; i++) {
+            if (spindle_set_fd_handler(r->ctx, r->pipes[i][0], false,
+                                       interest_noop_cb, NULL, NULL,
+                                       NULL) != 0) {
+                atomic_fetch_add(&r->failed, 1);
+            }
+        }
+        for (int i = 0; i < INTEREST_PIPES; i++) {
+            spindle_set_fd_handler(r->ctx, r->pipes[i][0], false, NULL, NULL,
+                                   NULL, NULL);
+        }
+    }
+    atomic_store(&r->done, true);
+    return NULL;
+}
+
+static unsigned interest_writes; /* loop thread only */
+
+static void interest_write_cb(void *opaque)
+{
+    (void)opaque;
+    interest_writes++;
+}
+
+/* Each iteration ends a burst of changes with write interest on or off: a
+ * writable socket must then run io_write exactly once or not at all,
+ * whatever the other thread did to the handler set meanwhile. */
+static void interest_changes_race_with_registration_from_another_thread(
+    void **state)
+{
+    (void)state;
+    struct interest_race r = { .ctx = harness_ctx_new() };
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv),
+                     0);
+    for (int i = 0; i < INTEREST_PIPES; i++) {
+        harness_pipe(r.pipes[i]);
+    }
+    assert_int_equal(spindle_set_fd_handler(r.ctx, sv[0], false,
+                                            interest_noop_cb,
+                                            interest_write_cb, NULL, NULL),
+                     0);
+    interest_writes = 0;
+
+    pthread_t t;
+    start_thread(&t, interest_registrar_main, &r);
+    for (bool on = false; !atomic_load(&r.done); on = !on) {
+        for (int i = 0; i < 3; i++) {
+            assert_int_equal(spindle_set_fd_interest(r.ctx, sv[0], true, i & 1),
+                             0);
+        }
+        assert_int_equal(spindle_set_fd_interest(r.ctx, sv[0], true, on), 0);
+        unsigned before = interest_writes;
+        spindle_poll(r.ctx, false);
+        assert_int_equal(interest_writes, before + (on ? 1 : 0));
+        atomic_fetch_add(&r.iterations, 1);
+    }
+    join_thread(t);
+    assert_int_equal(atomic_load(&r.failed), 0);
+    assert_true(atomic_load(&r.iterations) >= INTEREST_ROUNDS);
+
+    spindle_ctx_free(r.ctx);
+    for (int i = 0; i < INTEREST_PIPES; i++) {
+        close(r.pipes[i][0]);
+        close(r.pipes[i][1]);
+    }
+    close(sv[0]);
+    close(sv[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1184,6 +1282,7 @@ int main(void)
         TEST(bhs_scheduled_from_one_thread_run_in_that_order),
         TEST(poll_while_another_thread_is_inside_poll_returns_ebusy_and_changes_nothing),
         TEST(external_disabled_and_enabled_from_another_thread),
+        TEST(interest_changes_race_with_registration_from_another_thread),
     };
     /* SPINDLE_TEST_FILTER=pattern (cmocka's * and ? wildcards) runs only
      * the matching tests, e.g. to repeat one under a debugger. */
