@@ -1,19 +1,26 @@
 # spindle: a thin wrapper over Meson + Ninja, so that a newcomer types `make`.
 # SPDX-License-Identifier: MIT
 #
-#   make, make all  install missing Debian packages (when root), configure
-#                   build/ (first time only) and build it
-#   make check      install missing packages, then build and test every
-#                   configuration below, and print a summary; fails if any
-#                   part fails (every part runs even if an earlier one failed)
+#   make, make all  install the missing Debian packages that building needs
+#                   (when root: compiler, Meson, Ninja), configure build/
+#                   (first time only) and build the library, the examples
+#                   (build/examples/) and, if cmocka is installed, the tests
+#   make check      install the missing packages that testing needs too
+#                   (cmocka, Spin, valgrind, clang, socat, strace...), then
+#                   build and test every configuration below (tests turned
+#                   on), and print a summary; fails if any part fails
+#                   (every part runs even if an earlier one failed)
 #   make check-default, check-asan, check-tsan, check-pipe, check-fault,
 #   check-valgrind  one part of `make check` alone (no package step)
 #   make compile-default, compile-asan, ...
 #                   configure and build one configuration, no tests
 #   make install    build/ into $(DESTDIR)$(PREFIX): static and shared
-#                   library, spindle.h, spindle.pc
+#                   library, spindle.h, spindle.pc. build/ is Meson's
+#                   debugoptimized type (-O2 -g) unless BUILDTYPE says
+#                   otherwise (make install BUILDTYPE=release: -O3)
 #   make clean      remove every build directory
-#   make deps       only the package step (scripts/install-deps.sh check)
+#   make deps       only the package step of make check
+#                   (scripts/install-deps.sh check)
 #   make fuzz       the API fuzzer for FUZZ_SECONDS (default 600) from the
 #                   seed corpus (build-fuzz/, clang-14); check-fuzz is the
 #                   FUZZ_CHECK_SECONDS (60) part of `make check`
@@ -27,7 +34,8 @@
 #                   lines and an SVG chart in bench/results/ (a few minutes;
 #                   QUICK=1: under a minute; BENCH_ARGS='fd timers': some rows)
 #
-# Variables: PREFIX (default /usr/local), DESTDIR, MESON, NINJA,
+# Variables: PREFIX (default /usr/local), DESTDIR, BUILDTYPE (Meson build
+# type of build/, for make and make install; default debugoptimized), MESON, NINJA,
 # TEST_PROCS (parallel test programs, default 2), MESON_TEST_ARGS (extra
 # arguments to every `meson test`, e.g. MESON_TEST_ARGS='--repeat 3'),
 # NO_DEPS=1 (skip the package step, e.g. on a system without apt), QUICK=1
@@ -39,6 +47,7 @@
 MESON ?= meson
 NINJA ?= ninja
 PREFIX ?= /usr/local
+BUILDTYPE ?=
 DESTDIR ?=
 TEST_PROCS ?= 2
 MESON_TEST_ARGS ?=
@@ -59,6 +68,9 @@ DEPS_SCRIPT := $(TOP)/scripts/install-deps.sh
 # Build configurations. Each NAME has:
 #   DIR_NAME    its build directory (under the source tree)
 #   CONF_NAME   options for its first `meson setup`
+#   TESTS_NAME  options that its `make check` part adds (turns the cmocka
+#               tests on, for a directory that `make` may have configured
+#               while cmocka was missing)
 #   SUITES_NAME what `meson test` runs in it for `make check` (empty: all)
 #   ENV_NAME    environment (and wrapper) for its tests
 #   DESC_NAME   one line for the summary
@@ -69,10 +81,11 @@ CONFIGS := default asan tsan pipe fault bench
 CHECK_PARTS := default asan tsan pipe fault valgrind
 
 DIR_default := build
-CONF_default = --prefix=$(PREFIX)
+CONF_default = --prefix=$(PREFIX) $(if $(BUILDTYPE),-Dbuildtype=$(BUILDTYPE))
+TESTS_default := -Dtests=enabled
 SUITES_default :=
 ENV_default :=
-DESC_default := default build: every suite (unit per back-end, concurrency, example, spin)
+DESC_default := default build: every suite (unit per back-end, concurrency, example, syscalls, spin)
 
 # Sanitizer runs: UBSan findings are fatal, leaks are errors, and the tests'
 # watchdog (tests/harness.c) allows for the slow-down.
@@ -87,18 +100,21 @@ TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(SAN_WATCHDOG) 
 
 DIR_asan := build-asan
 CONF_asan := -Db_sanitize=address,undefined -Db_lundef=false
+TESTS_asan := -Dtests=enabled
 SUITES_asan := --suite unit --suite concurrency --suite example
 ENV_asan = $(ASAN_ENV)
 DESC_asan := ASan+UBSan: suites unit, concurrency, example
 
 DIR_tsan := build-tsan
 CONF_tsan := -Db_sanitize=thread
+TESTS_tsan := -Dtests=enabled
 SUITES_tsan := --suite concurrency
 ENV_tsan = $(TSAN_ENV)
 DESC_tsan := ThreadSanitizer: suite concurrency
 
 DIR_pipe := build-pipe
 CONF_pipe := -Deventfd=false
+TESTS_pipe := -Dtests=enabled
 SUITES_pipe := --suite unit
 ENV_pipe :=
 DESC_pipe := -Deventfd=false (pipe notifiers): suite unit
@@ -106,7 +122,7 @@ DESC_pipe := -Deventfd=false (pipe notifiers): suite unit
 # `make bench` only (not part of `make check`): optimised, no tests, and the
 # bench/ directory, which needs the peer libraries.
 DIR_bench := build-bench
-CONF_bench := -Dbuildtype=release -Db_ndebug=true -Dtests=false -Dbench=true
+CONF_bench := -Dbuildtype=release -Db_ndebug=true -Dtests=disabled -Dbench=true
 SUITES_bench :=
 ENV_bench :=
 DESC_bench := release build with bench/ (make bench)
@@ -115,6 +131,7 @@ DESC_bench := release build with bench/ (make bench)
 # epoll_ctl fails in turn; LeakSanitizer checks that nothing leaks.
 DIR_fault := build-fault
 CONF_fault := -Dfault_injection=true -Db_sanitize=address,undefined -Db_lundef=false
+TESTS_fault := -Dtests=enabled
 SUITES_fault := --suite fault
 ENV_fault = $(ASAN_ENV)
 DESC_fault := fault injection under ASan+UBSan/LSan: suite fault
@@ -130,6 +147,7 @@ VALGRIND_TESTS := $(foreach b,auto poll epoll,$(foreach t,bh timer notifier ctx 
                   threads-auto readme-example
 DIR_valgrind := build
 CONF_valgrind = $(CONF_default)
+TESTS_valgrind := -Dtests=enabled
 SUITES_valgrind = --wrap='$(VALGRIND)' $(VALGRIND_TESTS)
 ENV_valgrind := SPINDLE_TEST_WATCHDOG_S=600
 DESC_valgrind := valgrind memcheck (build/): unit but polling, per back-end; threads-auto; example
@@ -145,21 +163,36 @@ FUZZ_SECONDS ?= 600
 FUZZ_CHECK_SECONDS ?= 60
 DIR_fuzz := build-fuzz
 CONF_fuzz = --native-file $(TOP)/tests/fuzz/clang-14.ini -Dfuzz=true \
-            -Dtests=false -Db_sanitize=address,undefined -Db_lundef=false
+            -Dtests=disabled -Db_sanitize=address,undefined -Db_lundef=false
 SUITES_fuzz := --suite fuzz
 ENV_fuzz = $(ASAN_ENV) SPINDLE_FUZZ_SECONDS=$(FUZZ_CHECK_SECONDS)
-DESC_fuzz := libFuzzer API sequences vs the SPEC model (clang-14, ASan+UBSan), $(FUZZ_CHECK_SECONDS) s
+DESC_fuzz := libFuzzer API sequences vs a model of the API (clang-14, ASan+UBSan), $(FUZZ_CHECK_SECONDS) s
 CONFIGS += fuzz
 CHECK_PARTS += fuzz
 
 BUILD := $(TOP)/$(DIR_default)
 
-# $(call build_cmds,NAME): configure NAME's directory if it has never been
-# configured (no build.ninja), then build it.
+# $(call build_cmds,NAME[,OPTIONS]): configure NAME's directory if it has
+# never been configured (no build.ninja) with CONF_NAME and OPTIONS, or
+# else apply those of OPTIONS (-Dname=value) that it does not have yet
+# (as Meson's introspection file says), then build it.
 define build_cmds
-	@if [ ! -f "$(TOP)/$(DIR_$(1))/build.ninja" ]; then \
-	    echo "$(MESON) setup $(CONF_$(1)) $(DIR_$(1))"; \
-	    $(MESON) setup $(CONF_$(1)) "$(TOP)/$(DIR_$(1))" "$(TOP)"; \
+	@dir="$(TOP)/$(DIR_$(1))"; \
+	if [ ! -f "$$$$dir/build.ninja" ]; then \
+	    echo "$(MESON) setup $(CONF_$(1)) $(2) $(DIR_$(1))"; \
+	    $(MESON) setup $(CONF_$(1)) $(2) "$$$$dir" "$(TOP)"; \
+	else \
+	    missing=""; \
+	    for o in $(2); do \
+	        k=$$$${o#-D}; k=$$$${k%%=*}; v=$$$${o#*=}; \
+	        grep -qF "\"name\": \"$$$$k\", \"value\": \"$$$$v\"" \
+	            "$$$$dir/meson-info/intro-buildoptions.json" || \
+	            missing="$$$$missing $$$$o"; \
+	    done; \
+	    if [ -n "$$$$missing" ]; then \
+	        echo "$(MESON) configure $(DIR_$(1))$$$$missing"; \
+	        $(MESON) configure "$$$$dir" $$$$missing; \
+	    fi; \
 	fi
 	$(NINJA) -C "$(TOP)/$(DIR_$(1))"
 endef
@@ -173,7 +206,7 @@ endef
 # `make -j` never configures while apt-get is still installing.)
 define all_rule
 all: deps-if-root
-$(call build_cmds,default)
+$(call build_cmds,default,$(if $(BUILDTYPE),-Dbuildtype=$(BUILDTYPE)))
 endef
 $(eval $(all_rule))
 
@@ -182,10 +215,11 @@ ifeq ($(NO_DEPS),)
 	@bash "$(DEPS_SCRIPT)" check
 endif
 
-# `make` installs packages only when it can; `make check` insists.
+# `make` installs what building needs, and only when it can; `make check`
+# installs what testing needs too, and insists.
 deps-if-root:
 ifeq ($(NO_DEPS),)
-	@if [ "$$(id -u)" -eq 0 ]; then bash "$(DEPS_SCRIPT)" check; fi
+	@if [ "$$(id -u)" -eq 0 ]; then bash "$(DEPS_SCRIPT)" build; fi
 endif
 
 # compile-NAME: configure (first time) and build one configuration.
@@ -200,7 +234,7 @@ $(foreach c,$(CONFIGS),$(eval $(call compile_rule,$(c))))
 define check_rule
 check-$(1):
 	@rm -f "$(TOP)/$(DIR_$(1))/meson-logs/testlog.json"
-$(call build_cmds,$(1))
+$(call build_cmds,$(1),$(TESTS_$(1)))
 	$(ENV_$(1)) $(MESON) test -C "$(TOP)/$(DIR_$(1))" --print-errorlogs \
 	    --num-processes $(TEST_PROCS) $(SUITES_$(1)) $(MESON_TEST_ARGS)
 endef
@@ -214,7 +248,7 @@ define valgrind_rule
 check-valgrind:
 	@rm -f "$(TOP)/$(DIR_valgrind)/meson-logs/testlog.json" \
 	    "$(TOP)/$(DIR_valgrind)/meson-logs/testlog-valgrind.json"
-$(call build_cmds,valgrind)
+$(call build_cmds,valgrind,$(TESTS_valgrind))
 	rc=0; $(ENV_valgrind) $(MESON) test -C "$(TOP)/$(DIR_valgrind)" \
 	    --print-errorlogs --num-processes $(TEST_PROCS) $(SUITES_valgrind) \
 	    $(MESON_TEST_ARGS) || rc=$$$$?; \

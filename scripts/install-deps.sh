@@ -3,10 +3,13 @@
 # are not installed yet.
 # SPDX-License-Identifier: MIT
 #
-# Usage: scripts/install-deps.sh [check|bench]
-#   check  (default) what `make` and `make check` need: build tools, cmocka,
-#          Spin, valgrind, liburing, clang-14 and libFuzzer.
-#   bench  all of the above plus the peers and tools for `make bench`.
+# Usage: scripts/install-deps.sh [build|check|bench]
+#   build  what `make` needs to build the library and the examples: a C
+#          compiler, Meson, Ninja, pkg-config.
+#   check  (default) build, plus what `make check` needs: cmocka, Spin,
+#          valgrind, clang-14 and libFuzzer, and the real clients that the
+#          tests of the examples and of the library run (socat, strace).
+#   bench  build, plus the peers and tools for `make bench`.
 #
 # Quiet and quick when nothing is missing. As root it runs `apt-get update`
 # once and installs what is missing, non-interactively. As another user it
@@ -15,13 +18,18 @@
 set -euo pipefail
 
 # The package lists: the one place to change them.
-CHECK_PKGS=(
+BUILD_PKGS=(
     meson ninja-build pkg-config gcc libc6-dev   # build
+)
+CHECK_PKGS=(
     libcmocka-dev                                # unit tests
     spin                                         # notify-protocol model
     valgrind                                     # make check: memcheck part
     liburing-dev                                 # io_uring back-end
     clang-14 libclang-rt-14-dev                  # API fuzzer (libFuzzer)
+    strace                                       # tests/interest-syscalls.sh
+    # The clients that tests/examples/*.sh run, one line per example.
+    socat                                        # echo-server
 )
 BENCH_PKGS=(
     libuv1-dev libev-dev libevent-dev libglib2.0-dev   # the peers
@@ -29,14 +37,15 @@ BENCH_PKGS=(
 )
 
 usage() {
-    echo "usage: $0 [check|bench]" >&2
+    echo "usage: $0 [build|check|bench]" >&2
     exit 2
 }
 
 [ $# -le 1 ] || usage
 case "${1:-check}" in
-    check) wanted=("${CHECK_PKGS[@]}") ;;
-    bench) wanted=("${CHECK_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
+    build) wanted=("${BUILD_PKGS[@]}") ;;
+    check) wanted=("${BUILD_PKGS[@]}" "${CHECK_PKGS[@]}") ;;
+    bench) wanted=("${BUILD_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
     -h|--help) usage ;;
     *) usage ;;
 esac

@@ -29,9 +29,11 @@ fi
 tmp=$(mktemp -d)
 pid=
 cleanup() {
-    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-    jobs -p | xargs -r kill -KILL 2>/dev/null
+    local status=$?
+    [ -z "$pid" ] || kill -KILL "$pid" 2>/dev/null || true
+    jobs -p | xargs -r kill -KILL 2>/dev/null || true
     rm -rf "$tmp"
+    exit "$status"
 }
 trap cleanup EXIT
 
