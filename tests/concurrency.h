@@ -8,8 +8,8 @@
  * struct looper numbers a loop thread's iterations, for the tests that check
  * "not called after a change returned": a change made from another thread
  * may still be missed by the iteration in progress when it returns, and
- * must be seen by every iteration that starts after that one (SPEC
- * section 1: "takes effect by the next iteration").
+ * must be seen by every iteration that starts after that one (spindle.h:
+ * "takes effect by the next iteration").
  */
 #ifndef SPINDLE_TEST_CONCURRENCY_H
 #define SPINDLE_TEST_CONCURRENCY_H

@@ -1,6 +1,6 @@
-/* Busy polling: the adaptive window (SPEC section 2 step 5), poll_begin and
- * poll_end, io_poll calls and progress, hand-off through shared memory, and
- * the counters in spindle_stats.
+/* Busy polling: the adaptive window (docs/design.md, the iteration, step
+ * 5), poll_begin and poll_end, io_poll calls and progress, hand-off through
+ * shared memory, and the counters in spindle_stats.
  * SPDX-License-Identifier: MIT
  */
 #include "harness.h"
@@ -49,7 +49,7 @@ static int new_eventfd(void)
     return fd;
 }
 
-/* The window rules of SPEC section 2 step 5, to predict the next window. */
+/* The window rules of docs/design.md (the iteration, step 5), to predict the next window. */
 typedef struct {
     int64_t max_ns, grow, shrink;
 } params;
@@ -459,7 +459,7 @@ static void window_adapts_while_busy_polling_is_disabled(void **state)
 
 /* Open the window, then put ctx in the busy-polling state and leave it
  * there: a blocking iteration whose spin is ended by io_poll returning true
- * does not sleep, so it does not run poll_end (SPEC 2 step 2). h is one of
+ * does not sleep, so it does not run poll_end (docs/design.md, step 2). h is one of
  * the handlers. */
 static void open_window(tracker *tr, poller *h)
 {

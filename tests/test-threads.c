@@ -21,7 +21,7 @@
  * Tests that check "not called after a change returned" number the loop's
  * iterations: a change made from another thread may still be missed by the
  * iteration in progress when it returns, and must be seen by every
- * iteration that starts after that one (SPEC section 1: "takes effect by the
+ * iteration that starts after that one (spindle.h: "takes effect by the
  * next iteration"). See struct looper in concurrency.h.
  */
 #include "concurrency.h"

@@ -1,5 +1,5 @@
 /* libFuzzer target: an input is a sequence of API operations on one
- * context, checked against a reference model of SPEC section 1.
+ * context, checked against a reference model of the API contract (spindle.h).
  * SPDX-License-Identifier: MIT
  *
  * Built with clang -fsanitize=fuzzer,address,undefined (tests/fuzz/meson.build,
