@@ -40,11 +40,15 @@
  *   mod_anticipate only moves a deadline earlier (or arms).
  * - fd handlers and event notifiers: a removed or replaced registration is
  *   never called after the call that removed it returned; an external one is
- *   not called while external handlers are disabled; a handler runs at most
+ *   not called while external handlers are disabled; one whose interest is
+ *   off (spindle_set_fd_interest) is not called; a handler runs at most
  *   once per iteration; a top-level iteration calls every handler whose fd
  *   was ready when it started and still is at the end, whose registration
- *   did not change, and that was not external-disabled meanwhile
- *   (level-triggered readiness of pipes and notifiers).
+ *   and interest did not change, and that was not external-disabled
+ *   meanwhile (level-triggered readiness of pipes and notifiers).
+ *   set_fd_interest returns -ENOENT for an unregistered slot and -EINVAL
+ *   for the direction without a callback (nothing changes then);
+ *   registering turns the interest back on.
  * - Notifiers: test_and_clear returns the model's "set" flag (sets
  *   coalesce).
  * - spindle_poll's return value is true exactly when a non-idle BH, a
@@ -153,6 +157,7 @@ struct fd_slot {
     int fd;
     int rec;      /* current registration, -1: none */
     bool ext;
+    bool interest; /* the registration's one direction is wanted */
     size_t bytes; /* pipe read ends: bytes in the pipe */
     bool disturbed; /* changed during the current top-level poll */
     bool ready_at_start;
@@ -409,6 +414,8 @@ static void handler_cb(int r, enum rec_kind kind)
     struct fd_slot *s = &fds[rc->slot];
     CHECK(!s->ext || disable_cnt == 0, "external handler on fd slot %d "
           "called while external handlers are disabled", rc->slot);
+    CHECK(s->interest, "handler on fd slot %d called with its interest off",
+          rc->slot);
     CHECK(rc->last_frame != f->id, "handler on fd slot %d called twice in "
           "iteration %llu", rc->slot, f->id);
     enter_phase(f, PH_HANDLERS);
@@ -438,6 +445,7 @@ static void do_poll(void)
         for (int i = 0; i < NFD; i++) {
             fds[i].disturbed = false;
             fds[i].ready_at_start = fds[i].rec >= 0 && fd_ready(i) &&
+                                    fds[i].interest &&
                                     (!fds[i].ext || disable_cnt == 0);
         }
     } else {
@@ -550,14 +558,35 @@ static void set_handler(int i, bool on, bool ext)
     }
     s->rec = r;
     s->ext = on && ext;
+    s->interest = on;
     s->disturbed = true;
+}
+
+/* Interest in slot i's one direction (read for read ends and notifiers,
+ * write for write ends) on or off; `wrong` asks for the other direction
+ * as well, which has no callback. */
+static void set_interest(int i, bool on, bool wrong)
+{
+    struct fd_slot *s = &fds[i];
+    bool writer = fd_is_write_end(i);
+    bool want_read = writer ? wrong : on;
+    bool want_write = writer ? on : wrong;
+    int ret = spindle_set_fd_interest(ctx, s->fd, want_read, want_write);
+    int expect = s->rec < 0 ? -ENOENT : wrong ? -EINVAL : 0;
+    CHECK(ret == expect, "set_fd_interest on fd slot %d (%s %d, other "
+          "direction %d) returned %d, expected %d", i,
+          writer ? "write" : "read", on, wrong, ret, expect);
+    if (ret == 0) {
+        s->interest = on;
+        s->disturbed = true;
+    }
 }
 
 static void run_op(void)
 {
     uint8_t op = next_byte();
     uint8_t a = next_byte();
-    switch (op % 24) {
+    switch (op % 25) {
     case 0: { /* bh_new */
         struct bh_slot *b = &bhs[a % NBH];
         if (b->rec >= 0) {
@@ -788,6 +817,9 @@ static void run_op(void)
         }
         break;
     }
+    case 24: /* fd interest on or off */
+        set_interest(a % NFD, a & 0x40, a & 0x80);
+        break;
     default: /* 23: pending/expire_ns of every timer */
         for (int i = 0; i < NTIMER; i++) {
             check_timer(i);

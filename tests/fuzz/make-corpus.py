@@ -14,10 +14,12 @@ import sys
 
 (BH_NEW, SCHED, SCHED_IDLE, CANCEL, DELETE, ONESHOT, T_NEW, T_MOD, T_ANTIC,
  T_DEL, T_FREE, REG, UNREG, WRITE, DRAIN, N_SET, N_TEST, DISABLE, ENABLE,
- POLL, POLL2, NOTIFY, TIMEOUT, T_CHECK) = range(24)
+ POLL, POLL2, NOTIFY, TIMEOUT, T_CHECK, INTEREST) = range(25)
 CB, ACT = 0, 1
 PAST, FUTURE = 0x00, 0x10   # deadline codes (| 0..15 for the offset)
 EXT = 0x80                  # REG argument: external handler
+ON, WRONG = 0x40, 0x80      # INTEREST argument: interest on; ask the other
+                            # direction too (no callback: -EINVAL)
 # fd slots for REG/UNREG: 0-3 pipe read ends, 4-7 write ends, 8-9 notifiers
 AUTO, POLLB, EPOLL, NOPOLL = 0, 1, 2, 4
 
@@ -95,6 +97,16 @@ SEEDS = {
     "notifier-external": ops(EPOLL, REG, 9 | EXT, N_SET, 1, DISABLE, 0,
                              POLL, 0, ENABLE, 0, POLL, 0, CB, N_TEST, 1,
                              UNREG, 9),
+    "interest-read": ops(AUTO, REG, 0, WRITE, 0, INTEREST, 0, POLL, 0,
+                         INTEREST, 0 | ON, POLL, 0, CB, DRAIN, 0),
+    "interest-write-epoll": ops(EPOLL, REG, 4, REG, 0, WRITE, 0, POLL, 0,
+                                ACT, INTEREST, 4, CB, POLL, 0, CB,
+                                INTEREST, 4 | WRONG, INTEREST, 4 | ON,
+                                POLL, 0, ACT, INTEREST, 4, CB),
+    "interest-unregistered": ops(POLLB, INTEREST, 1, REG, 1, INTEREST, 1,
+                                 UNREG, 1, INTEREST, 1 | ON, REG, 9,
+                                 INTEREST, 9, N_SET, 1, POLL, 0, REG, 9,
+                                 POLL, 0, CB),
     "notify-no-progress": ops(AUTO, NOTIFY, 0, POLL, 0, NOTIFY, 0, NOTIFY, 0,
                               POLL, 0),
     "handler-nested-poll": ops(AUTO, REG, 0, REG, 1, WRITE, 0, WRITE, 1,
