@@ -143,7 +143,7 @@ DESC_fault := fault injection under ASan+UBSan/LSan: suite fault
 # waits (they fail for that reason only). About 30 s on 2 cores.
 VALGRIND := valgrind --error-exitcode=1 --leak-check=full \
             --errors-for-leak-kinds=definite,indirect --track-fds=no -q
-VALGRIND_TESTS := $(foreach b,auto poll epoll,$(foreach t,bh timer notifier ctx fd errors,$(t)-$(b))) \
+VALGRIND_TESTS := $(foreach b,auto poll epoll,$(foreach t,bh timer notifier ctx fd interest errors,$(t)-$(b))) \
                   threads-auto readme-example
 DIR_valgrind := build
 CONF_valgrind = $(CONF_default)
@@ -175,7 +175,9 @@ BUILD := $(TOP)/$(DIR_default)
 # $(call build_cmds,NAME[,OPTIONS]): configure NAME's directory if it has
 # never been configured (no build.ninja) with CONF_NAME and OPTIONS, or
 # else apply those of OPTIONS (-Dname=value) that it does not have yet
-# (as Meson's introspection file says), then build it.
+# (as Meson's introspection file says), then build it. (setup --reconfigure
+# rather than configure: it reads meson_options.txt afresh, so it also
+# works on a directory configured when an option had another type.)
 define build_cmds
 	@dir="$(TOP)/$(DIR_$(1))"; \
 	if [ ! -f "$$$$dir/build.ninja" ]; then \
@@ -190,8 +192,8 @@ define build_cmds
 	            missing="$$$$missing $$$$o"; \
 	    done; \
 	    if [ -n "$$$$missing" ]; then \
-	        echo "$(MESON) configure $(DIR_$(1))$$$$missing"; \
-	        $(MESON) configure "$$$$dir" $$$$missing; \
+	        echo "$(MESON) setup --reconfigure $(DIR_$(1))$$$$missing"; \
+	        $(MESON) setup --reconfigure "$$$$dir" "$(TOP)" $$$$missing; \
 	    fi; \
 	fi
 	$(NINJA) -C "$(TOP)/$(DIR_$(1))"
