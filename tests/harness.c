@@ -61,6 +61,24 @@ unsigned harness_poll_until(spindle_ctx *ctx, const volatile bool *flag,
     return i;
 }
 
+static void set_flag(void *opaque)
+{
+    *(bool *)opaque = true;
+}
+
+unsigned harness_poll_until_timer(spindle_ctx *ctx, int64_t delay_ns,
+                                  unsigned max_iterations)
+{
+    bool fired = false;
+    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         set_flag, &fired);
+    assert_non_null(t);
+    spindle_timer_mod(t, spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) + delay_ns);
+    unsigned n = harness_poll_until(ctx, &fired, max_iterations);
+    spindle_timer_free(t);
+    return n;
+}
+
 unsigned harness_drain(spindle_ctx *ctx)
 {
     unsigned n = 0;

@@ -40,6 +40,12 @@ spindle_ctx *harness_ctx_new(void);
 unsigned harness_poll_until(spindle_ctx *ctx, const volatile bool *flag,
                             unsigned max_iterations);
 
+/* Run blocking iterations until a timer delay_ns ahead fires; fails the
+ * test beyond max_iterations (the loop spins instead of sleeping). Returns
+ * the iterations used. */
+unsigned harness_poll_until_timer(spindle_ctx *ctx, int64_t delay_ns,
+                                  unsigned max_iterations);
+
 /* Run non-blocking iterations until one makes no progress; returns how many
  * made progress. */
 unsigned harness_drain(spindle_ctx *ctx);

@@ -59,11 +59,6 @@ static bool drain_fd(int fd)
     }
 }
 
-static void set_flag_cb(void *opaque)
-{
-    *(bool *)opaque = true;
-}
-
 static spindle_stats stats_of(const spindle_ctx *ctx)
 {
     spindle_stats s;
@@ -81,21 +76,6 @@ static void poll_until_count(spindle_ctx *ctx, const unsigned *count,
         spindle_poll(ctx, true);
         i++;
     }
-}
-
-/* How many blocking iterations it takes until a timer delay_ns ahead
- * fires; fails the test beyond max_iterations (the loop is spinning). */
-static unsigned iterations_until_timer(spindle_ctx *ctx, int64_t delay_ns,
-                                       unsigned max_iterations)
-{
-    bool fired = false;
-    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         set_flag_cb, &fired);
-    assert_non_null(t);
-    spindle_timer_mod(t, spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) + delay_ns);
-    unsigned n = harness_poll_until(ctx, &fired, max_iterations);
-    spindle_timer_free(t);
-    return n;
 }
 
 /* A handler's state: the fd it reads, how often it ran, and, for the
@@ -764,7 +744,7 @@ static void loop_does_not_spin_while_external_disabled(void **state)
     write_byte(p[1]);
     assert_int_equal(eventfd_write(efd, 1), 0);
 
-    iterations_until_timer(ctx, 20 * MS, 10);
+    harness_poll_until_timer(ctx, 20 * MS, 10);
     assert_int_equal(hp.reads, 0);
     assert_int_equal(he.reads, 0);
 
@@ -790,7 +770,7 @@ static void closed_registered_fd_does_not_make_loop_spin(void **state)
     assert_false(spindle_poll(ctx, false));
     close(p[0]); /* without removing it */
 
-    iterations_until_timer(ctx, 20 * MS, 10);
+    harness_poll_until_timer(ctx, 20 * MS, 10);
     assert_int_equal(h.reads, 0);
 
     remove_fd(ctx, p[0]);

@@ -109,26 +109,6 @@ static void run_iterations(spindle_ctx *ctx, unsigned n)
     }
 }
 
-static void set_flag_cb(void *opaque)
-{
-    *(bool *)opaque = true;
-}
-
-/* Blocking iterations until a timer delay_ns ahead fires; fails beyond
- * max_iterations (the loop spins instead of sleeping). */
-static unsigned iterations_until_timer(spindle_ctx *ctx, int64_t delay_ns,
-                                       unsigned max_iterations)
-{
-    bool fired = false;
-    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         set_flag_cb, &fired);
-    assert_non_null(t);
-    spindle_timer_mod(t, spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) + delay_ns);
-    unsigned n = harness_poll_until(ctx, &fired, max_iterations);
-    spindle_timer_free(t);
-    return n;
-}
-
 /* ------------------------------------------------------------------------
  * Semantics
  */
@@ -230,7 +210,7 @@ static void no_interest_lets_the_loop_sleep(void **state)
                      0);
     send_bytes(f);
     /* Ten iterations at most: a spinning loop would take thousands. */
-    iterations_until_timer(f->ctx, 20 * MS, 10);
+    harness_poll_until_timer(f->ctx, 20 * MS, 10);
     assert_int_equal(f->reads, 0);
     assert_int_equal(f->writes, 0);
 }
