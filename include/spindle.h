@@ -195,6 +195,8 @@ typedef struct spindle_stats {
     /* Interest changes passed to the kernel (spindle_set_fd_interest): one
      * epoll_ctl each on epoll; poll has no kernel state and counts none. */
     uint64_t interest_updates;
+    uint64_t pool_workers;   /* thread-pool workers alive now */
+    uint64_t pool_queued;    /* submitted jobs no worker has taken yet */
 } spindle_stats;
 
 /* Copy the counters into *out. 0, or -EINVAL if ctx or out is NULL. */
@@ -403,6 +405,164 @@ SPINDLE_API void spindle_timer_free(spindle_timer *t);
 SPINDLE_API bool spindle_timer_pending(const spindle_timer *t);
 /* Its deadline, or -1 if it is not armed (or NULL). Any thread. O(1). */
 SPINDLE_API int64_t spindle_timer_expire_ns(const spindle_timer *t);
+
+/* ------------------------------------------------------------------------
+ * Embedding: running the context inside another loop (GLib, libuv, a
+ * hand-written poll loop) that does the sleeping. The host sleeps on one fd
+ * and drives the context through prepare, check and dispatch, as GLib
+ * drives a GSource (libspindle-glib, <spindle-glib.h>, is that adapter):
+ *
+ *     int fd = spindle_get_fd(ctx);
+ *     for (;;) {
+ *         int64_t ns = spindle_prepare(ctx);     // 0: work is ready
+ *         struct pollfd p = { fd, POLLIN, 0 };
+ *         ppoll(&p, 1, ns < 0 ? NULL : &(struct timespec){
+ *                   ns / 1000000000, ns % 1000000000 }, NULL);
+ *         if (spindle_check(ctx, p.revents != 0))
+ *             spindle_dispatch(ctx);
+ *     }
+ *
+ * Every feature works in this mode: fd handlers, bottom halves and timers,
+ * wake-ups from other threads (spindle_notify, spindle_bh_schedule, ... end
+ * the host's sleep), nested spindle_poll() from callbacks, the thread pool.
+ * Busy polling does not: the host decides when to sleep and serves other
+ * sources meanwhile, so the context neither spins in prepare nor adapts a
+ * polling window; dispatch calls each io_poll once, as a non-blocking
+ * spindle_poll() does, and io_poll handlers are otherwise served through
+ * their fds (poll_end runs before the host sleeps). A context on the poll
+ * back-end moves to epoll when first embedded (poll keeps no kernel state
+ * that could make an fd readable). prepare, check and dispatch are for the
+ * loop thread, the host's, and a context driven this way must not be driven
+ * by spindle_poll() on another thread at the same time.
+ */
+
+/* The fd the host loop waits on for reading (POLLIN): it becomes readable
+ * whenever the context has work: a ready fd handler, a due timer, a
+ * scheduled bottom half, a notify. It stays the same fd for the context's
+ * whole life and belongs to the context (do not close it). Returns the fd,
+ * or -EINVAL (NULL), -EBUSY (another thread is inside an iteration),
+ * -EMFILE, -ENFILE, -ENOMEM (nothing changed then; the context still works
+ * with spindle_poll). Loop thread. O(1) after the first call. */
+SPINDLE_API int spindle_get_fd(spindle_ctx *ctx);
+
+/* Before the host sleeps: returns how long it may sleep on spindle_get_fd()
+ * in ns: 0 means work is ready (call spindle_dispatch without sleeping), -1
+ * means no limit. From a non-zero return on, a wake-up from any thread
+ * makes the fd readable, until spindle_check or spindle_dispatch. Errors:
+ * -EINVAL (NULL), -EBUSY (another thread is inside an iteration), or those
+ * of spindle_get_fd. Loop thread. Cost O(b) plus, after a change of the
+ * handler set in the rare states where the context must watch each fd by
+ * itself (epoll refused an fd; external handlers disabled), O(n) system
+ * calls. Any io_poll calls made here (leaving the busy-polling state that a
+ * spindle_poll left) may run user callbacks. */
+SPINDLE_API int64_t spindle_prepare(spindle_ctx *ctx);
+
+/* After the host's sleep: ends what prepare announced and returns whether
+ * spindle_dispatch has work: fd_readable (what the host's wait said of
+ * spindle_get_fd(); pass true if unknown), a wake-up, a scheduled bottom
+ * half or a due timer. No system call. false for NULL or EBUSY. A host may
+ * skip it and call spindle_dispatch directly. Loop thread. O(b). */
+SPINDLE_API bool spindle_check(spindle_ctx *ctx, bool fd_readable);
+
+/* Run what is ready without blocking: accept the wake-ups, collect ready
+ * fds from the back-end, call each io_poll once, then run bottom halves, fd
+ * handlers and expired timers. Returns progress as spindle_poll() does.
+ * Nested spindle_poll() calls from its callbacks are allowed. NULL: false,
+ * errno EINVAL; another thread inside an iteration: false, errno EBUSY.
+ * Loop thread. Cost as a non-blocking spindle_poll(): one back-end wait
+ * with zero timeout. */
+SPINDLE_API bool spindle_dispatch(spindle_ctx *ctx);
+
+/* ------------------------------------------------------------------------
+ * Thread pool: blocking work (file I/O, DNS, compression) run on worker
+ * threads, its completion delivered back to the loop thread. One pool per
+ * context, created at first use; workers start when work finds none idle,
+ * up to max_workers (default 64), and those above min_workers (default 0)
+ * exit after SPINDLE_POOL_IDLE_MS without work.
+ *
+ * A finished job's done callback is delivered like any busy-polled event:
+ * by the pool's own io_poll handler while the loop spins or runs (no system
+ * call per completion), through an eventfd while it sleeps. A worker that
+ * runs out of work spins for up to the loop's current polling window before
+ * it sleeps, so a loop that submits jobs back to back hands them over
+ * without waking a thread; an idle loop has no window and its workers do
+ * not spin.
+ */
+
+/* Workers above min_workers exit after this many ms without work. */
+#define SPINDLE_POOL_IDLE_MS 2000
+
+typedef int spindle_work_fn(void *arg);           /* on a worker thread */
+typedef void spindle_done_fn(void *arg, int ret); /* on the loop thread */
+typedef struct spindle_work spindle_work;
+
+/* Run work(arg) on a worker thread, then done(arg, ret) on the loop thread
+ * with what work returned. done runs exactly once per submission (with
+ * -ECANCELED if the job was cancelled), in a later iteration: never inside
+ * this call, nor in the iteration that made it. done may be NULL. Jobs
+ * start in submission order (they may finish in any order). Work functions
+ * may call any function documented "any thread" on the context, this one
+ * included. The handle is valid until done returns; it is only for
+ * spindle_work_cancel. Returns NULL + errno: EINVAL (NULL ctx or work),
+ * ENOMEM, EAGAIN (no worker thread could be started and none exists),
+ * ECANCELED (the context is being freed). Any thread. Allocates at most one
+ * 64-byte record (none when a recycled one is at hand); one mutex
+ * acquisition; a futex wake-up only when it must wake a sleeping worker.
+ * No system call when a worker is spinning for work. */
+SPINDLE_API spindle_work *spindle_work_submit(spindle_ctx *ctx,
+                                              spindle_work_fn *work,
+                                              spindle_done_fn *done,
+                                              void *arg);
+
+/* Cancel a job that has not started: returns 0, and done(arg, -ECANCELED)
+ * follows in a later iteration (not inside this call); work never runs.
+ * -EBUSY if it is running or has finished (done follows with its result),
+ * or was cancelled already; -EINVAL for NULL. Loop thread (the handle dies
+ * when done returns, which happens there), or any thread that knows done
+ * has not run yet. O(1). */
+SPINDLE_API int spindle_work_cancel(spindle_work *w);
+
+/* Bound the pool: 0 <= min_workers <= max_workers, max_workers >= 1, else
+ * -EINVAL (NULL context too) and nothing changes. Starts workers up to
+ * min_workers now (-EAGAIN if one could not be started; the bounds are set
+ * anyway); workers above a lowered max_workers exit once idle. Any thread. */
+SPINDLE_API int spindle_set_pool_params(spindle_ctx *ctx, int min_workers,
+                                        int max_workers);
+
+/* ------------------------------------------------------------------------
+ * Loop threads: a thread that runs a context of its own, fed by other
+ * threads through bottom halves, timers, fd handlers and the thread pool
+ * (QEMU's IOThread: one context per core, fed from anywhere).
+ */
+
+typedef struct spindle_thread spindle_thread;
+
+/* Create a context with opts (NULL: defaults) and a thread that runs its
+ * loop (blocking spindle_poll() calls) until spindle_thread_free. The
+ * thread blocks all signals. NULL + errno as spindle_ctx_new_opts, or
+ * EAGAIN (no thread). Any thread. */
+SPINDLE_API spindle_thread *spindle_thread_new(const spindle_options *opts);
+
+/* Stop the thread, wait for it to finish, then free its context (as
+ * spindle_ctx_free does: pending work is dropped, running work functions
+ * are waited for). From any other thread: when it returns, no callback of
+ * the context is running or will run. A stop is never lost, whether the
+ * loop sleeps, spins or runs callbacks. From one of the thread's own
+ * callbacks: returns at once; the loop stops when the callback returns and
+ * the thread then frees the context and itself. NULL is ignored. */
+SPINDLE_API void spindle_thread_free(spindle_thread *t);
+
+/* The thread's context; NULL for NULL. Any thread. Functions marked "loop
+ * thread" (spindle_bh_new, spindle_timer_new, ...) must run on the loop
+ * thread: call them from a callback there, for example through
+ * spindle_thread_call. */
+SPINDLE_API spindle_ctx *spindle_thread_ctx(spindle_thread *t);
+
+/* Run fn(opaque) on the thread's loop and wait until it has returned (from
+ * the loop thread itself it calls fn at once). 0, -EINVAL (NULL t or fn),
+ * -ENOMEM. Any thread but one that the loop thread waits for. */
+SPINDLE_API int spindle_thread_call(spindle_thread *t, spindle_io_fn *fn,
+                                    void *opaque);
 
 #ifdef __cplusplus
 }

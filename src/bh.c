@@ -112,12 +112,9 @@ static void schedule(spindle_bh *bh, bool idle)
     }
 }
 
-spindle_bh *spindle_bh_new(spindle_ctx *ctx, spindle_io_fn *cb, void *opaque)
+spindle_bh *sp_bh_new_detached(spindle_ctx *ctx, spindle_io_fn *cb,
+                               void *opaque)
 {
-    if (!ctx || !cb) {
-        errno = EINVAL;
-        return NULL;
-    }
     spindle_bh *bh = sp_calloc(1, sizeof(*bh));
     if (!bh) {
         errno = ENOMEM;
@@ -127,6 +124,19 @@ spindle_bh *spindle_bh_new(spindle_ctx *ctx, spindle_io_fn *cb, void *opaque)
     bh->cb = cb;
     bh->opaque = opaque;
     atomic_init(&bh->flags, 0);
+    return bh;
+}
+
+spindle_bh *spindle_bh_new(spindle_ctx *ctx, spindle_io_fn *cb, void *opaque)
+{
+    if (!ctx || !cb) {
+        errno = EINVAL;
+        return NULL;
+    }
+    spindle_bh *bh = sp_bh_new_detached(ctx, cb, opaque);
+    if (!bh) {
+        return NULL;
+    }
     bh->all_next = ctx->bh_all;
     if (ctx->bh_all) {
         ctx->bh_all->all_pprev = &bh->all_next;

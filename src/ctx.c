@@ -60,6 +60,8 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
     ctx->poll_grow = opt.poll_grow;
     ctx->poll_shrink = opt.poll_shrink;
     ctx->epollfd = -1;
+    ctx->embed.fd = -1;
+    ctx->embed.member = -1;
     atomic_init(&ctx->fdmon, &sp_fdmon_poll);
     ctx->epoll_auto = opt.backend == SPINDLE_BACKEND_AUTO;
 
@@ -72,6 +74,7 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
         goto fail_timers;
     }
     sp_handlers_init(ctx);
+    pthread_mutex_init(&ctx->pool_lock, NULL);
     /* Before any handler exists, so every registration goes through the
      * chosen monitor. Failing here leaves the context on poll. io_uring is
      * not part of this version: it means epoll, as when a kernel refuses
@@ -90,6 +93,7 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
     return ctx;
 
 fail_handlers:
+    pthread_mutex_destroy(&ctx->pool_lock);
     sp_handlers_destroy(ctx);
     sp_notifier_destroy(&ctx->wake);
 fail_timers:
@@ -105,6 +109,11 @@ void spindle_ctx_free(spindle_ctx *ctx)
     if (!ctx) {
         return;
     }
+    /* The pool first: running work functions may still use the context's
+     * any-thread calls, so everything else must outlive them. */
+    sp_pool_destroy(ctx);
+    pthread_mutex_destroy(&ctx->pool_lock);
+    sp_embed_destroy(ctx);
     sp_bh_destroy_all(ctx);
     sp_timers_destroy(ctx);
     sp_handlers_destroy(ctx);
@@ -112,8 +121,7 @@ void spindle_ctx_free(spindle_ctx *ctx)
     free(ctx);
 }
 
-/* One thread at a time runs the iteration; the same thread may nest. */
-static bool loop_enter(spindle_ctx *ctx)
+bool sp_loop_enter(spindle_ctx *ctx)
 {
     uintptr_t self = sp_thread_id();
     uintptr_t owner = atomic_load_explicit(&ctx->owner, memory_order_relaxed);
@@ -121,7 +129,7 @@ static bool loop_enter(spindle_ctx *ctx)
         ctx->depth++;
         return true;
     }
-    /* Acquire pairs with the release in loop_leave(): a thread that takes
+    /* Acquire pairs with the release in sp_loop_leave(): a thread that takes
      * over the context sees what the previous one left. */
     owner = 0;
     if (!atomic_compare_exchange_strong_explicit(&ctx->owner, &owner, self,
@@ -133,7 +141,7 @@ static bool loop_enter(spindle_ctx *ctx)
     return true;
 }
 
-static void loop_leave(spindle_ctx *ctx)
+void sp_loop_leave(spindle_ctx *ctx)
 {
     if (--ctx->depth == 0) {
         atomic_store_explicit(&ctx->owner, 0, memory_order_release);
@@ -146,10 +154,17 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
         errno = EINVAL;
         return false;
     }
-    if (!loop_enter(ctx)) {
+    if (!sp_loop_enter(ctx)) {
         errno = EBUSY;
         return false;
     }
+    bool progress = sp_iterate(ctx, blocking, false);
+    sp_loop_leave(ctx);
+    return progress;
+}
+
+bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain)
+{
     SP_STAT_INC(ctx, iterations);
 
     bool progress;
@@ -172,7 +187,7 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
 
     /* 3. Wait in the kernel if polling cannot be enough (fdmon-*.c). */
     int64_t wait_end = 0; /* when spindle_notify asked the wait to end */
-    if (timeout || sp_handlers_unpolled(ctx)) {
+    if (timeout || drain || sp_handlers_unpolled(ctx)) {
         bool announced = false;
         if (timeout) {
             progress |= sp_polling_leave(ctx, &timeout, work);
@@ -218,8 +233,6 @@ bool spindle_poll(spindle_ctx *ctx, bool blocking)
     progress |= sp_handlers_dispatch(ctx);
     sp_walk_end(ctx);
     progress |= sp_timers_run(ctx);
-
-    loop_leave(ctx);
     return progress;
 }
 
@@ -268,5 +281,8 @@ int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out)
         .poll_max_ns = ctx->poll_max_ns,
     };
 #undef SP_STAT_READ
+    /* The pool's counts are read under its lock, which a const context
+     * still lets us take. */
+    sp_pool_counts((spindle_ctx *)ctx, &out->pool_workers, &out->pool_queued);
     return 0;
 }

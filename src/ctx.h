@@ -129,6 +129,12 @@ void sp_walk_end(spindle_ctx *ctx);
 
 /* ---- notify.c */
 
+/* The notifier's half of the protocol (N2 to N4) for a wake-up source with
+ * a doorbell fd of its own: sets `notified` and returns true if the loop
+ * has announced a sleep, in which case the caller must ring its doorbell
+ * (an fd the loop waits on). spindle_notify() is this plus the context's
+ * own doorbell; the thread pool rings its completion eventfd instead. */
+bool sp_notify_request(spindle_ctx *ctx);
 bool sp_notify_announce(spindle_ctx *ctx); /* false: a wake-up is pending */
 /* Returns when spindle_notify() asked to end the wait, or 0. */
 int64_t sp_notify_withdraw(spindle_ctx *ctx);
@@ -140,6 +146,8 @@ bool sp_notify_wake_poll(void *opaque);
 void sp_notify_remote(spindle_ctx *ctx);
 /* This thread's identity, as stored in ctx->owner. */
 uintptr_t sp_thread_id(void);
+/* Whether the calling thread is inside an iteration of ctx. */
+bool sp_on_loop_thread(const spindle_ctx *ctx);
 
 /* ---- polling.c */
 
@@ -159,6 +167,12 @@ typedef struct sp_bh_slice sp_bh_slice;
 
 enum sp_bh_state { SP_BH_NONE, SP_BH_IDLE_ONLY, SP_BH_BUSY };
 enum sp_bh_state sp_bh_scan(spindle_ctx *ctx);
+/* A bottom half that belongs to a part of the library rather than to the
+ * user: any thread may create it (it is not on the context's list of BHs),
+ * and its owner deletes it with spindle_bh_delete() before the context is
+ * freed. NULL + errno ENOMEM. */
+spindle_bh *sp_bh_new_detached(spindle_ctx *ctx, spindle_io_fn *cb,
+                               void *opaque);
 bool sp_bh_poll(spindle_ctx *ctx);
 void sp_bh_destroy_all(spindle_ctx *ctx);
 
@@ -188,7 +202,46 @@ void sp_timers_destroy(spindle_ctx *ctx);
 bool sp_timers_run(spindle_ctx *ctx);
 int64_t sp_timers_timeout(spindle_ctx *ctx); /* -1: none armed */
 
+/* ---- embed.c */
+
+/* The host loop's view of the context (spindle_get_fd): an epoll set, the
+ * "embedding set", that holds the fd monitor's own pollable fd or, where
+ * the monitor has none, the fds of the enabled handlers one by one. Loop
+ * thread. */
+typedef struct sp_embed {
+    int fd;         /* the embedding set; -1 until first asked for */
+    int member;     /* the monitor fd in it, or -1 */
+    int *mirror;    /* else: the handler fds added one by one */
+    unsigned nmirror, mirror_cap;
+    unsigned gen;   /* ctx->handler_gen when the mirror was built */
+    bool mirrored, mirror_ext_off; /* ... and whether externals were off */
+    bool incomplete;  /* an fd could not be added: check and rescan often */
+    bool epoll_tried; /* the poll monitor has tried moving to epoll */
+} sp_embed;
+
+void sp_embed_destroy(spindle_ctx *ctx);
+
+/* ---- pool.c */
+
+typedef struct sp_pool sp_pool;
+
+/* Stop the workers (waiting for running work functions), drop queued work
+ * without calling done, and free the pool: first thing in ctx_free. */
+void sp_pool_destroy(spindle_ctx *ctx);
+/* Worker threads alive now, and jobs waiting for one (statistics). */
+void sp_pool_counts(spindle_ctx *ctx, uint64_t *workers, uint64_t *queued);
+
 /* ---- the context (ctx.c) */
+
+/* One thread at a time runs the iteration; the same thread may nest.
+ * false: another thread is inside it. */
+bool sp_loop_enter(spindle_ctx *ctx);
+void sp_loop_leave(spindle_ctx *ctx);
+/* One iteration (SPEC section 2), inside sp_loop_enter/leave. `drain`:
+ * the caller is a host loop that has already waited on the embedding set
+ * (embed.c), so the back-end is always asked for ready fds, without
+ * blocking, even when busy polling could see every event source. */
+bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain);
 
 /* Counters are written by the loop thread only; a relaxed store keeps
  * readers on other threads free of torn values without an atomic add. */
@@ -223,6 +276,9 @@ struct spindle_ctx {
     int dirty_head;         /* -1: empty */
     int fd_table_size;      /* list_lock */
     unsigned user_fds;      /* list_lock */
+    /* Bumped (under list_lock) by every registration change, so that the
+     * embedding set can tell when its copy of the handler set is stale. */
+    atomic_uint handler_gen;
     atomic_int poll_disable_cnt; /* live handlers without io_poll */
     _Atomic(sp_handler *) zombies;
     sp_handler *ready;      /* loop thread: found ready, not dispatched */
@@ -252,6 +308,14 @@ struct spindle_ctx {
     pthread_mutex_t timer_lock;
     sp_timer_heap timers[2];
     uint32_t timer_seq;
+
+    /* Embedding in a host loop (embed.c). */
+    sp_embed embed;
+
+    /* The thread pool (pool.c): created at first use under pool_lock,
+     * then read without it. */
+    _Atomic(sp_pool *) pool;
+    pthread_mutex_t pool_lock;
 
     /* Statistics: loop thread writes (SP_STAT_INC). */
     _Atomic uint64_t iterations, kernel_waits, blocking_waits;

@@ -164,10 +164,23 @@ static void epoll_wait_fn(spindle_ctx *ctx, int64_t timeout_ns)
     }
 }
 
+/* The epoll set itself: readable while it holds a ready fd. Not while
+ * external handlers are disabled: it holds them, and the waits skip them
+ * (see above), so the embedding set must watch the others one by one. */
+static int epoll_embed_fd(spindle_ctx *ctx)
+{
+    if (atomic_load_explicit(&ctx->external_disable_cnt,
+                             memory_order_relaxed)) {
+        return -1;
+    }
+    return ctx->epollfd;
+}
+
 const sp_fdmon sp_fdmon_epoll = {
     .name = "epoll",
     .update = epoll_update,
     .wait = epoll_wait_fn,
     .set_events = epoll_set_events,
     .need_wait = sp_handlers_unpolled,
+    .embed_fd = epoll_embed_fd,
 };

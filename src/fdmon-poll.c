@@ -99,9 +99,28 @@ static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
     }
 }
 
+/* Embedding: poll keeps no kernel state, so nothing could become readable
+ * for a host loop. An embedded context therefore moves to epoll, once, as
+ * AUTO does at 64 fds. After epoll failed (at that move or later, when it
+ * gave up and fell back here) there is no fd: the embedding set then
+ * watches the handlers' fds itself. */
+static int poll_embed_fd(spindle_ctx *ctx)
+{
+    if (ctx->embed.epoll_tried || ctx->epollfd >= 0) {
+        return -1;
+    }
+    ctx->embed.epoll_tried = true;
+    sp_lockcnt_lock(&ctx->list_lock);
+    ctx->epoll_auto = false;
+    bool moved = sp_fdmon_epoll_enable(ctx);
+    sp_lockcnt_unlock(&ctx->list_lock);
+    return moved ? sp_fdmon_epoll.embed_fd(ctx) : -1;
+}
+
 const sp_fdmon sp_fdmon_poll = {
     .name = "poll",
     .update = poll_update,
     .wait = poll_wait,
     .need_wait = sp_handlers_unpolled,
+    .embed_fd = poll_embed_fd,
 };

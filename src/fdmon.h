@@ -50,6 +50,17 @@ typedef struct sp_fdmon {
     /* Whether wait() must run even with a zero timeout because busy polling
      * cannot see every event source. */
     bool (*need_wait)(spindle_ctx *ctx);
+    /* Embedding (embed.c): an fd that is readable whenever wait(ctx, 0)
+     * would queue a handler, for a host loop to sleep on in place of
+     * wait(); or -1 when the monitor has none right now, in which case the
+     * embedding set watches every enabled handler's fd itself (the slow
+     * way: O(n) system calls per change of the handler set). Runs on the
+     * loop thread, without the handler lock, before every host wait
+     * (spindle_prepare), so a monitor that defers kernel updates to its
+     * next wait (queued SQEs, coalesced interest changes) must push them
+     * here. It may move the context to another monitor (poll moves to
+     * epoll). NULL means "none". */
+    int (*embed_fd)(spindle_ctx *ctx);
 } sp_fdmon;
 
 extern const sp_fdmon sp_fdmon_poll;

@@ -274,6 +274,12 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
         install(ctx, h, old);
     }
     sp_handler *free_now = old ? retire(ctx, old) : NULL;
+    /* Written under the lock only; relaxed: the embedding set reads it
+     * under the lock too, or as a hint that the next notify confirms. */
+    atomic_store_explicit(&ctx->handler_gen,
+                          atomic_load_explicit(&ctx->handler_gen,
+                                               memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     if (!internal && h && !old) {
         ctx->user_fds++;
     } else if (!internal && !h && old) {
@@ -414,6 +420,7 @@ void sp_handlers_init(spindle_ctx *ctx)
     atomic_init(&ctx->zombies, NULL);
     atomic_init(&ctx->poll_disable_cnt, 0);
     atomic_init(&ctx->external_disable_cnt, 0);
+    atomic_init(&ctx->handler_gen, 0);
 }
 
 void sp_handlers_destroy(spindle_ctx *ctx)

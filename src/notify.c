@@ -27,7 +27,7 @@
  * model would cost a __tls_get_addr call on every spindle_poll. */
 static _Thread_local char thread_tag __attribute__((tls_model("initial-exec")));
 
-static bool on_loop_thread(const spindle_ctx *ctx)
+bool sp_on_loop_thread(const spindle_ctx *ctx)
 {
     return atomic_load_explicit(&ctx->owner, memory_order_relaxed) ==
            (uintptr_t)&thread_tag;
@@ -38,21 +38,27 @@ uintptr_t sp_thread_id(void)
     return (uintptr_t)&thread_tag;
 }
 
+bool sp_notify_request(spindle_ctx *ctx)
+{
+    /* N2-N4: seq_cst exchange then seq_cst load, the notifier's side of
+     * the Dekker pair with sp_notify_announce(). */
+    atomic_exchange_explicit(&ctx->notified, true, memory_order_seq_cst);
+    if (!atomic_load_explicit(&ctx->notify_me, memory_order_seq_cst)) {
+        return false;
+    }
+    /* When the wake-up was asked for: the loop adapts its polling window
+     * to this, not to when its vCPU got to run (see sp_notify_withdraw).
+     * Only the first notifier's time counts. */
+    int64_t none = 0;
+    atomic_compare_exchange_strong_explicit(&ctx->wake_asked_ns, &none,
+                                            sp_now(), memory_order_relaxed,
+                                            memory_order_relaxed);
+    return true;
+}
+
 void spindle_notify(spindle_ctx *ctx)
 {
-    if (!ctx) {
-        return;
-    }
-    atomic_exchange_explicit(&ctx->notified, true, memory_order_seq_cst);
-    if (atomic_load_explicit(&ctx->notify_me, memory_order_seq_cst)) {
-        /* When the wake-up was asked for: the loop adapts its polling
-         * window to this, not to when its vCPU got to run (see
-         * sp_notify_withdraw). Only the first notifier's time counts. */
-        int64_t none = 0;
-        atomic_compare_exchange_strong_explicit(&ctx->wake_asked_ns, &none,
-                                                sp_now(),
-                                                memory_order_relaxed,
-                                                memory_order_relaxed);
+    if (ctx && sp_notify_request(ctx)) {
         spindle_notifier_set(&ctx->wake);
     }
 }
@@ -61,7 +67,7 @@ void sp_notify_remote(spindle_ctx *ctx)
 {
     /* The loop thread reads every BH, timer and handler change again before
      * its next wait, so it never needs to wake itself. */
-    if (!on_loop_thread(ctx)) {
+    if (!sp_on_loop_thread(ctx)) {
         spindle_notify(ctx);
     }
 }

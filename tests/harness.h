@@ -35,6 +35,19 @@ void harness_pipe(int fds[2]);
  * $SPINDLE_BACKEND); fails the test on error. */
 spindle_ctx *harness_ctx_new(void);
 
+/* One iteration through the driver under test, as chosen by
+ * $SPINDLE_TEST_DRIVER: spindle_poll() by default; with "embed", the
+ * embedding API the way a host loop drives it (spindle_prepare, a ppoll on
+ * spindle_get_fd for the time prepare allows, or none when not blocking,
+ * spindle_check, spindle_dispatch), so that the same test bodies run both
+ * ways, as QEMU runs its tests through aio_poll and through its GSource.
+ * Returns what spindle_poll or spindle_dispatch returned (false when check
+ * found nothing to dispatch). Nested iterations inside callbacks call
+ * spindle_poll() directly either way. */
+bool harness_poll(spindle_ctx *ctx, bool blocking);
+/* Whether harness_poll drives contexts through the embedding API. */
+bool harness_embedded(void);
+
 /* Run blocking iterations until *flag becomes true; fails the test if that
  * takes more than max_iterations iterations. Returns the iterations used. */
 unsigned harness_poll_until(spindle_ctx *ctx, const volatile bool *flag,

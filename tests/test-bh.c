@@ -91,7 +91,7 @@ static void bh_schedule_does_not_run_synchronously(void **state)
     spindle_bh_schedule(bh);
     assert_int_equal(count, 0);
 
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(count, 1);
 
     spindle_bh_delete(bh);
@@ -113,7 +113,7 @@ static void bh_schedule_on_pending_bh_coalesces(void **state)
     assert_int_equal(count, 1);
 
     /* Nothing is left scheduled. */
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_int_equal(count, 1);
 
     spindle_bh_delete(bh);
@@ -167,7 +167,7 @@ static void bh_rescheduling_itself_runs_once_per_iteration(void **state)
     spindle_bh_schedule(s.bh);
     enum { N = 100 };
     for (unsigned i = 1; i <= N; i++) {
-        assert_true(spindle_poll(ctx, false));
+        assert_true(harness_poll(ctx, false));
         assert_int_equal(s.count, i);
     }
     assert_int_equal(s.count, N);
@@ -186,7 +186,7 @@ static void bh_cancel_prevents_the_run(void **state)
 
     spindle_bh_schedule(bh);
     spindle_bh_cancel(bh);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
     assert_int_equal(count, 0);
 
@@ -226,7 +226,7 @@ static void bh_delete_of_pending_bh_never_runs(void **state)
 
     spindle_bh_schedule(bh);
     spindle_bh_delete(bh);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
     assert_int_equal(count, 0);
 
@@ -255,12 +255,12 @@ static void bh_delete_from_its_own_callback(void **state)
     assert_non_null(s.bh);
 
     spindle_bh_schedule(s.bh);
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(s.count, 1);
     assert_null(s.bh);
 
     /* The deleted BH is gone: nothing runs any more. */
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_int_equal(s.count, 1);
 
     spindle_ctx_free(ctx);
@@ -440,10 +440,10 @@ static void bh_oneshot_runs_once(void **state)
 
     assert_int_equal(spindle_bh_oneshot(ctx, harness_count_cb, &count), 0);
     assert_int_equal(count, 0);
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(count, 1);
     /* It is gone (and freed: LeakSanitizer/valgrind check that). */
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
     assert_int_equal(count, 1);
 
@@ -486,11 +486,11 @@ static void bh_idle_runs_without_counting_as_progress(void **state)
 
     spindle_bh_schedule_idle(bh);
     assert_int_equal(count, 0);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_int_equal(count, 1);
 
     /* It ran once and is no longer scheduled. */
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_int_equal(count, 1);
 
     spindle_bh_delete(bh);
@@ -693,7 +693,7 @@ static void bh_scheduled_from_nested_poll_callback_runs_once(void **state)
     assert_non_null(n.c);
 
     spindle_bh_schedule(n.a);
-    assert_true(spindle_poll(n.ctx, false));
+    assert_true(harness_poll(n.ctx, false));
     assert_int_equal(n.a_count, 1);
     assert_int_equal(n.b_count, 1);
     harness_drain(n.ctx);
@@ -753,7 +753,7 @@ static void bh_nested_poll_runs_bh_from_outer_batch(void **state)
 
     spindle_bh_schedule(a);
     spindle_bh_schedule(b);
-    assert_true(spindle_poll(n.ctx, false));
+    assert_true(harness_poll(n.ctx, false));
     assert_int_equal(n.a_count, 1);
     assert_true(n.b_ran);
     assert_true(n.b_ran_nested);
@@ -785,7 +785,7 @@ static void bh_null_handle_is_ignored(void **state)
 
     /* The context is untouched. */
     assert_int_equal(spindle_compute_timeout(ctx), -1);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     spindle_ctx_free(ctx);
 }
 
@@ -821,7 +821,7 @@ static void bh_oneshot_with_null_cb_returns_einval(void **state)
     assert_int_equal(spindle_bh_oneshot(ctx, NULL, &count), -EINVAL);
     /* Nothing was scheduled. */
     assert_int_equal(spindle_compute_timeout(ctx), -1);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
 
     spindle_ctx_free(ctx);
 }

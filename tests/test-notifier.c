@@ -181,7 +181,7 @@ static void event_notifier_dispatches_io_read_with_its_opaque_when_set(
     assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
                                                 NULL, &r), 0);
     assert_int_equal(spindle_notifier_set(r.n), 0);
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(r.reads, 1);
     assert_int_equal(r.cleared, 1);
     assert_ptr_equal(r.last_opaque, &r);
@@ -201,14 +201,14 @@ static void event_notifier_is_not_dispatched_while_clear(void **state)
 
     assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
                                                 NULL, &r), 0);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
     assert_int_equal(r.reads, 0);
 
     /* Set then cleared by the user before the loop looked: still nothing. */
     assert_int_equal(spindle_notifier_set(r.n), 0);
     assert_true(spindle_notifier_test_and_clear(r.n));
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_int_equal(r.reads, 0);
 
     assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
@@ -274,7 +274,7 @@ static void event_notifier_removal_stops_dispatch(void **state)
     unsigned polls_before = r.poll_calls;
     assert_int_equal(spindle_notifier_set(r.n), 0);
     r.work = true;
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
     assert_int_equal(r.reads, 0);
     assert_int_equal(r.poll_calls, polls_before);
@@ -311,7 +311,7 @@ static void event_notifier_removed_by_its_own_callback_is_not_called_again(
     assert_int_equal(spindle_set_event_notifier(s.ctx, s.n, false,
                                                 self_remove_read, NULL, &s), 0);
     assert_int_equal(spindle_notifier_set(s.n), 0);
-    assert_true(spindle_poll(s.ctx, false));
+    assert_true(harness_poll(s.ctx, false));
     assert_int_equal(s.reads, 1);
     harness_drain(s.ctx);
     assert_int_equal(s.reads, 1);
@@ -357,9 +357,9 @@ static void event_notifier_can_move_to_another_context(void **state)
     assert_int_equal(spindle_set_event_notifier(b, r.n, false, reader_read,
                                                 NULL, &r), 0);
     assert_int_equal(spindle_notifier_set(r.n), 0);
-    assert_false(spindle_poll(a, false));
+    assert_false(harness_poll(a, false));
     assert_int_equal(r.reads, 0);
-    assert_true(spindle_poll(b, false));
+    assert_true(harness_poll(b, false));
     assert_int_equal(r.reads, 1);
 
     assert_int_equal(spindle_set_event_notifier(b, r.n, false, NULL, NULL,
@@ -415,14 +415,14 @@ static void event_notifier_io_poll_is_polled(void **state)
     /* Work shows up in user space only (the notifier stays clear): only
      * io_poll can see it. */
     r.work = true;
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_true(r.poll_calls >= 1);
     assert_int_equal(r.poll_handled, 1);
     assert_int_equal(r.reads, 0);
 
     /* Called again on later iterations; finding nothing is no progress. */
     unsigned calls = r.poll_calls;
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_true(r.poll_calls > calls);
     assert_int_equal(r.poll_handled, 1);
 
@@ -442,7 +442,7 @@ static void event_notifier_with_only_io_poll_is_polled(void **state)
     assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL,
                                                 reader_poll, &r), 0);
     r.work = true;
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(r.poll_handled, 1);
 
     assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
@@ -468,7 +468,7 @@ static void external_event_notifier_is_not_dispatched_while_disabled(
     spindle_disable_external(ctx);
     assert_int_equal(spindle_notifier_set(r.n), 0);
     for (int i = 0; i < 10; i++) {
-        assert_false(spindle_poll(ctx, false));
+        assert_false(harness_poll(ctx, false));
     }
     assert_int_equal(r.reads, 0);
 
@@ -545,13 +545,13 @@ static void external_event_notifier_io_poll_is_not_called_while_disabled(
     spindle_disable_external(ctx);
     r.work = true;
     for (int i = 0; i < 10; i++) {
-        assert_false(spindle_poll(ctx, false));
+        assert_false(harness_poll(ctx, false));
     }
     assert_int_equal(r.poll_calls, 0);
     assert_int_equal(r.poll_handled, 0);
 
     spindle_enable_external(ctx);
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(r.poll_handled, 1);
 
     assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, NULL, NULL,
@@ -603,7 +603,7 @@ static void set_event_notifier_with_null_notifier_returns_einval(void **state)
     assert_int_equal(spindle_set_event_notifier(ctx, NULL, false,
                                                 harness_count_cb, NULL, &count),
                      -EINVAL);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_int_equal(count, 0);
     spindle_ctx_free(ctx);
 }

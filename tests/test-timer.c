@@ -167,7 +167,7 @@ static void timer_is_not_pending_inside_its_callback(void **state)
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
     spindle_timer_mod(p.t, mono_now() - 1 * MS);
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(p.count, 1);
     assert_false(p.pending_in_cb);
     assert_int_equal(p.expire_in_cb, -1);
@@ -185,7 +185,7 @@ static void timer_with_past_deadline_fires_in_next_iteration(void **state)
 
     spindle_timer_mod(p.t, mono_now() - 1 * MS);
     assert_int_equal(p.count, 0); /* never synchronously */
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(p.count, 1);
 
     spindle_timer_free(p.t);
@@ -442,7 +442,7 @@ static void timer_rearmed_earlier_fires_at_the_new_deadline(void **state)
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
     spindle_timer_mod(p.t, mono_now() + HOUR);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_int_equal(p.count, 0);
 
     int64_t deadline = mono_now() - 1 * MS;
@@ -465,7 +465,7 @@ static void timer_rearmed_later_does_not_fire_at_the_old_deadline(void **state)
     spindle_timer_mod(p.t, mono_now() - 1 * MS);
     int64_t later = mono_now() + HOUR;
     spindle_timer_mod(p.t, later);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
     assert_int_equal(p.count, 0);
     assert_true(spindle_timer_pending(p.t));
@@ -486,7 +486,7 @@ static void timer_del_stops_it(void **state)
     spindle_timer_del(p.t);
     assert_false(spindle_timer_pending(p.t));
     assert_int_equal(spindle_timer_expire_ns(p.t), -1);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
     assert_int_equal(p.count, 0);
     assert_int_equal(spindle_compute_timeout(ctx), -1);
@@ -596,7 +596,7 @@ static void timer_rearmed_in_past_by_its_callback_fires_once_per_iteration(
     spindle_timer_mod(s.t, mono_now() - 1 * MS);
     enum { N = 100 };
     for (unsigned i = 1; i <= N; i++) {
-        assert_true(spindle_poll(ctx, false));
+        assert_true(harness_poll(ctx, false));
         assert_int_equal(s.count, i);
     }
     assert_true(spindle_timer_pending(s.t));
@@ -639,10 +639,10 @@ static void timer_armed_by_a_timer_callback_fires_in_a_later_iteration(
     assert_non_null(s.other);
 
     spindle_timer_mod(a, mono_now() - 2 * MS);
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(s.a_count, 1);
     assert_int_equal(s.b_count, 0);
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(s.b_count, 1);
 
     spindle_timer_free(a);
@@ -676,10 +676,10 @@ static void timer_freed_by_its_own_callback(void **state)
     assert_non_null(s.t);
 
     spindle_timer_mod(s.t, mono_now() - 1 * MS);
-    assert_true(spindle_poll(ctx, false));
+    assert_true(harness_poll(ctx, false));
     assert_int_equal(s.count, 1);
     assert_null(s.t);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     assert_int_equal(s.count, 1);
     assert_int_equal(spindle_compute_timeout(ctx), -1);
 
@@ -773,7 +773,7 @@ static void timer_freed_while_armed_never_fires(void **state)
 
     spindle_timer_mod(t, mono_now() - 1 * MS);
     spindle_timer_free(t);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
     assert_int_equal(count, 0);
     assert_int_equal(spindle_compute_timeout(ctx), -1);
@@ -1008,7 +1008,7 @@ static void timer_null_handle_is_ignored(void **state)
     spindle_timer_free(NULL);
 
     assert_int_equal(spindle_compute_timeout(ctx), -1);
-    assert_false(spindle_poll(ctx, false));
+    assert_false(harness_poll(ctx, false));
     spindle_ctx_free(ctx);
 }
 
