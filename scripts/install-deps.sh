@@ -7,8 +7,9 @@
 #   build  what `make` needs to build the library and the examples: a C
 #          compiler, Meson, Ninja, pkg-config.
 #   check  (default) build, plus what `make check` needs: cmocka, Spin,
-#          valgrind, clang-14 and libFuzzer, and the real clients that the
-#          tests of the examples and of the library run (socat, strace).
+#          valgrind, GLib (libspindle-glib and its test), clang-14 and
+#          libFuzzer, and the real clients that the tests of the examples and
+#          of the library run (socat, strace).
 #   bench  build, plus the peers and tools for `make bench`.
 #
 # Quiet and quick when nothing is missing. As root it runs `apt-get update`
@@ -26,6 +27,7 @@ CHECK_PKGS=(
     spin                                         # notify-protocol model
     valgrind                                     # make check: memcheck part
     liburing-dev                                 # io_uring back-end
+    libglib2.0-dev                               # libspindle-glib
     clang-14 libclang-rt-14-dev                  # API fuzzer (libFuzzer)
     strace                                       # tests/interest-syscalls.sh
     # The clients that tests/examples/*.sh run, one line per example.

@@ -56,38 +56,6 @@
  * Helpers
  */
 
-/* Read thread tid's scheduler state in /proc until it is 'S' (interruptible
- * sleep, i.e. blocked in ppoll/epoll_wait) or after a bounded number of
- * reads. Returns whether it was seen asleep; callers go on either way. */
-static bool wait_until_thread_sleeps(pid_t tid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return false;
-    }
-    bool asleep = false;
-    for (unsigned tries = 0; tries < 20000 && !asleep; tries++) {
-        char buf[512];
-        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-        if (n <= 0) {
-            break;
-        }
-        buf[n] = '\0';
-        /* "tid (comm) S ...": comm may hold spaces and parentheses, so the
-         * state follows the last ')'. */
-        const char *p = strrchr(buf, ')');
-        if (p && p[1] == ' ' && p[2] == 'S') {
-            asleep = true;
-        } else {
-            sched_yield();
-        }
-    }
-    close(fd);
-    return asleep;
-}
-
 static void write_byte(int fd)
 {
     char c = 'x';
