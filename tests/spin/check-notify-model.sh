@@ -125,6 +125,11 @@ expect_verified  "protocol-3x3" -DNOTIFIERS=3 -DROUNDS=3
 expect_violation "broken-loop-no-recheck" -DBROKEN_LOOP
 expect_violation "broken-notifier-reads-notify_me-first" -DBROKEN_NOTIFIER
 expect_violation "broken-accept-consumes-before-clearing" -DBROKEN_ACCEPT
+# The same protocol driven by a host loop (src/embed.c).
+expect_verified  "embedded-2x3" -DEMBEDDED -DNOTIFIERS=2 -DROUNDS=3
+expect_verified  "embedded-3x2" -DEMBEDDED -DNOTIFIERS=3 -DROUNDS=2
+expect_violation "embedded-broken-prepare-no-recheck" -DEMBEDDED -DBROKEN_LOOP
+expect_violation "embedded-broken-check-accepts" -DEMBEDDED -DBROKEN_CHECK
 
 if [ "$failures" -ne 0 ]; then
     echo "notify protocol model: $failures check(s) FAILED"

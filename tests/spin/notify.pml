@@ -22,12 +22,27 @@
  * not at its end, which Spin reports as an invalid end state. The
  * assertion at the end checks that every piece of work was consumed.
  *
+ * EMBEDDED: the loop is a host loop driving the context through
+ * spindle_prepare / its own sleep / spindle_check / spindle_dispatch
+ * (src/embed.c). The host sleeps on the embedding set, which holds the
+ * eventfd among other fds: other sources may end its sleep (at most
+ * HOST_WAKES times, so that a lost wake-up still shows as a loop stuck for
+ * good); after a sleep the host may skip check and dispatch altogether (GLib
+ * does when a source of higher priority is ready), leaving the announcement
+ * up until its next prepare; check withdraws the announcement and may find
+ * nothing to dispatch; dispatch withdraws too (hosts may call it without
+ * check), then accepts and consumes.
+ *
  * Broken variants, selected with spin -D...:
  *   BROKEN_LOOP      the loop announces its sleep and goes to sleep
- *                    without re-checking `notified`
+ *                    without re-checking `notified` (with EMBEDDED: prepare
+ *                    does)
  *   BROKEN_NOTIFIER  a notifier reads `notify_me` before it publishes its
  *                    work and sets `notified`
  *   BROKEN_ACCEPT    the loop consumes the work before it clears `notified`
+ *   BROKEN_CHECK     (EMBEDDED) check accepts the wake-up (clears
+ *                    `notified`) but dispatches only if the host saw the
+ *                    eventfd readable
  * Each must make Spin find a lost wake-up.
  */
 
@@ -36,6 +51,9 @@
 #endif
 #ifndef ROUNDS
 #define ROUNDS 3
+#endif
+#ifndef HOST_WAKES
+#define HOST_WAKES 2
 #endif
 
 byte pending = 0;     /* published, not yet consumed */
@@ -80,6 +98,7 @@ proctype notifier()
     finished++
 }
 
+#ifndef EMBEDDED
 proctype loop()
 {
     do
@@ -130,6 +149,73 @@ proctype loop()
 done:
     assert(pending == 0 && consumed == NOTIFIERS * ROUNDS)
 }
+#else
+/* A host loop around spindle_prepare/check/dispatch. */
+proctype loop()
+{
+    byte wakes = HOST_WAKES;  /* the host's other sources */
+    bit saw;                  /* check's view: the host saw the eventfd */
+
+    do
+    :: /* spindle_prepare: a zero timeout when work is visible (no
+        * announcement; the host dispatches at once), else, or whatever it
+        * saw (a stale view), announce and re-check. */
+        if
+        :: pending > 0 -> goto dispatch
+        :: true -> skip
+        fi;
+        notify_me = 1;
+        /* (full barrier, as in spindle_poll) */
+#ifndef BROKEN_LOOP
+        if
+        :: notified -> goto dispatch   /* prepare returns 0 */
+        :: else -> skip
+        fi;
+#endif
+        /* The host sleeps on its fds: the embedding set (readable while
+         * the eventfd is) and its own sources. */
+        if
+        :: event == 1 -> skip
+        :: wakes > 0 -> wakes--
+        :: finished == NOTIFIERS && pending == 0 -> goto done
+        fi;
+        saw = event;
+        /* The host may skip check and dispatch (a source of higher priority
+         * was ready): the announcement stays up until the next prepare. */
+        if
+        :: true -> skip
+        :: true -> goto next
+        fi;
+        /* spindle_check: withdraw, then look for work. */
+        notify_me = 0;
+#ifdef BROKEN_CHECK
+        /* Wrong: check accepts, and dispatches only for the eventfd. */
+        notified = 0;
+        if
+        :: saw -> goto dispatch
+        :: else -> goto next
+        fi;
+#else
+        if
+        :: saw || notified || pending > 0 -> goto dispatch
+        :: else -> goto next    /* nothing to dispatch */
+        fi;
+#endif
+dispatch:
+        /* spindle_dispatch: withdraw (for hosts that skip check), accept,
+         * drain the eventfd, consume. */
+        notify_me = 0;
+        notified = 0;
+        /* (full barrier: orders the clear before the reads of the work) */
+        event = 0;
+        d_step { consumed = consumed + pending; pending = 0 };
+next:
+        skip
+    od;
+done:
+    assert(pending == 0 && consumed == NOTIFIERS * ROUNDS)
+}
+#endif
 
 init {
     byte i = 0;
