@@ -17,6 +17,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -924,6 +925,119 @@ static void faults_in_wait_growing_past_16_fds_on_poll_backend(void **state)
     walk("spindle_poll (17 fds: array growth)", run_iteration);
 }
 
+/* ------------------------------------------------------------------------
+ * Embedding
+ */
+
+/* A host iteration: prepare, a ppoll on the fd for what prepare allows
+ * (capped: a context that lost its epoll set may bound it anyway), check,
+ * dispatch. */
+static void host_iteration(spindle_ctx *ctx, int fd)
+{
+    int64_t ns = spindle_prepare(ctx);
+    assert_true(ns >= -1);
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    int r = poll(&p, 1, ns < 0 ? 1000 : (int)((ns + 999999) / 1000000));
+    assert_true(r >= 0);
+    if (spindle_check(ctx, r > 0)) {
+        spindle_dispatch(ctx);
+    }
+}
+
+/* Taking a context in (spindle_get_fd, which also moves it to epoll). The
+ * embedding set's creation failing is the one error; every other failure
+ * leaves the context embedded, maybe watching each fd itself. */
+static unsigned long run_get_fd(enum spindle_fault_kind kind,
+                                unsigned long n)
+{
+    spindle_ctx *ctx = harness_ctx_new();
+    pipe_ev p;
+    pipe_open(&p);
+    assert_int_equal(pipe_register(ctx, &p), 0);
+    drain(ctx);
+
+    spindle_fault_arm(kind, n);
+    int fd = spindle_get_fd(ctx);
+    unsigned long seen = spindle_fault_seen(kind);
+    spindle_fault_arm(kind, 0);
+
+    if (fd < 0) {
+        assert_true(seen >= n);
+        assert_int_equal(fd, -kind_errno(kind));
+        fd = spindle_get_fd(ctx); /* nothing was left broken */
+    }
+    assert_true(fd >= 0);
+    pipe_poke(&p);
+    for (unsigned i = 0; p.reads < 1; i++) {
+        assert_true(i < 100);
+        host_iteration(ctx, fd);
+    }
+    assert_int_equal(spindle_set_fd_handler(ctx, p.fd[0], false, NULL, NULL,
+                                            NULL, NULL), 0);
+    assert_usable(ctx);
+    spindle_ctx_free(ctx);
+    pipe_close(&p);
+    return seen;
+}
+
+static void faults_in_get_fd(void **state)
+{
+    walk("spindle_get_fd", run_get_fd);
+}
+
+/* ------------------------------------------------------------------------
+ * Thread pool
+ */
+
+static int pool_work(void *arg)
+{
+    (void)arg;
+    return 5;
+}
+
+static void pool_done(void *arg, int ret)
+{
+    *(unsigned *)arg += ret == 5;
+}
+
+/* The first submission creates the pool (its record, eventfd, handler and
+ * bottom half) and starts a worker. A failure gives NULL and the errno of
+ * what failed, and leaves the context (and a later submission) working. */
+static unsigned long run_first_submit(enum spindle_fault_kind kind,
+                                      unsigned long n)
+{
+    spindle_ctx *ctx = harness_ctx_new();
+    unsigned done = 0;
+
+    spindle_fault_arm(kind, n);
+    spindle_work *w = spindle_work_submit(ctx, pool_work, pool_done, &done);
+    int err = errno;
+    unsigned long seen = spindle_fault_seen(kind);
+    spindle_fault_arm(kind, 0);
+
+    unsigned want = 1;
+    if (!w) {
+        assert_true(seen >= n);
+        assert_int_equal(err, kind_errno(kind));
+        want = 0;
+    }
+    assert_non_null(spindle_work_submit(ctx, pool_work, pool_done, &done));
+    want++;
+    for (unsigned i = 0; done < want; i++) {
+        assert_true(i < 1000);
+        spindle_poll(ctx, true);
+    }
+    assert_int_equal(done, want);
+    assert_usable(ctx);
+    spindle_ctx_free(ctx);
+    return seen;
+}
+
+static void faults_in_first_work_submit(void **state)
+{
+    walk("spindle_work_submit (first)", run_first_submit);
+}
+
 /* ------------------------------------------------------------------------ */
 
 int main(void)
@@ -947,6 +1061,8 @@ int main(void)
         TEST(faults_in_event_notifier_registration),
         TEST(faults_in_first_wait_on_poll_backend),
         TEST(faults_in_wait_growing_past_16_fds_on_poll_backend),
+        TEST(faults_in_get_fd),
+        TEST(faults_in_first_work_submit),
     };
     int failed = RUN_TESTS(tests);
     print_message("fault points covered in total (SPINDLE_BACKEND=%s): %lu\n",
