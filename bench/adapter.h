@@ -59,10 +59,21 @@ typedef struct bench_adapter {
     void *(*defer_new)(void *loop, bench_defer_cb *cb, void *arg);
     void (*defer_start)(void *d);
     void (*defer_free)(void *d);
+
+    /* Thread pool (NULL where the library has none): a reusable request
+     * that runs work on a worker thread, then done back on the loop. One
+     * request is in flight at a time; a pool of BENCH_POOL_WORKERS threads
+     * serves the loop. */
+    void *(*work_new)(void *loop, bench_cb *work, bench_cb *done, void *arg);
+    void (*work_submit)(void *w);
+    void (*work_free)(void *w);
 } bench_adapter;
 
-extern const bench_adapter adapter_spindle, adapter_libuv, adapter_libev,
-    adapter_libevent, adapter_glib;
+/* Every pool gets this many workers (libuv's default). */
+#define BENCH_POOL_WORKERS 4
+
+extern const bench_adapter adapter_spindle, adapter_spindle_embedded,
+    adapter_libuv, adapter_libev, adapter_libevent, adapter_glib;
 
 /* A library with options: one line of a table. */
 typedef struct bench_impl {

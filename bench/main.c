@@ -2,7 +2,7 @@
  * writes bench/results/results.jsonl and chart.svg.
  *
  *   spindle-bench [--quick] [--reps N] [--out DIR] [ROW...]
- *   rows: wake wake-busy polled polled-low fd timers defer memory
+ *   rows: wake wake-busy polled polled-low fd timers defer memory pool
  * SPDX-License-Identifier: MIT */
 #include <dirent.h>
 #include <string.h>
@@ -106,7 +106,7 @@ int main(int argc, char **argv)
             out = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--quick] [--reps N] [--out DIR] [ROW...]\n"
-                            "rows: wake wake-busy polled polled-low fd timers defer memory\n",
+                            "rows: wake wake-busy polled polled-low fd timers defer memory pool\n",
                     argv[0]);
             return 2;
         }
@@ -141,6 +141,7 @@ int main(int argc, char **argv)
         {"polled", row_polled},      {"polled-low", row_polled_low_load},
         {"fd", row_fd_dispatch},     {"timers", row_timers},
         {"defer", row_defer},        {"memory", row_memory},
+        {"pool", row_pool},
     };
     int64_t start = now_ns();
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {

@@ -21,7 +21,9 @@
  * back (done submitting the next one) hands each over to a spinning worker
  * through shared memory, instead of a futex wake-up that costs a sleeping
  * vCPU tens of microseconds. An idle loop has shrunk its window to zero, so
- * its workers go straight to sleep.
+ * its workers go straight to sleep. One worker spins at a time: it is
+ * enough to catch the next job, and on a small machine more spinners would
+ * take the CPUs that the submitter and the loop need.
  *
  * Delivery and nesting. done callbacks may run nested iterations, to wait
  * for another job, say. The batch being delivered is therefore kept on the
@@ -107,6 +109,7 @@ struct sp_pool {
     spindle_work *loop_free;  /* loop: recycled, for loop-thread submits */
     unsigned loop_nfree;
     struct spindle_notifier doorbell;
+    atomic_bool rung;         /* doorbell written, not yet drained */
     spindle_bh *bh;
 };
 
@@ -138,7 +141,13 @@ static void complete(sp_pool *p, spindle_work *w)
         /* A delivery is under way: it, or a nested iteration inside it,
          * runs the bottom half (which notifies if the loop sleeps). */
         spindle_bh_schedule(p->bh);
-    } else if (sp_notify_request(p->ctx)) {
+    } else if (sp_notify_request(p->ctx) &&
+               !atomic_exchange_explicit(&p->rung, true,
+                                         memory_order_seq_cst)) {
+        /* One write per wake-up, however many workers finish meanwhile:
+         * a worker that finds the doorbell rung pushed before this
+         * exchange, and pool_read clears `rung` before it takes the stack,
+         * so that take sees the push. */
         spindle_notifier_set(&p->doorbell);
     }
 }
@@ -157,25 +166,40 @@ static spindle_work *reverse(spindle_work *w)
     return out;
 }
 
-static void recycle(sp_pool *p, spindle_work *w)
+/* Keep a delivered record for the next submission: in the loop's own cache
+ * (no lock) while it has room, else on *spill for recycle_spill(). */
+static void recycle(sp_pool *p, spindle_work *w, spindle_work **spill)
 {
     if (p->loop_nfree < SP_POOL_FREE_MAX) {
         w->next = p->loop_free;
         p->loop_free = w;
         p->loop_nfree++;
+    } else {
+        w->next = *spill;
+        *spill = w;
+    }
+}
+
+/* Give what the loop's cache had no room for to other submitters (one lock
+ * per delivery), and free what the shared list has no room for either. */
+static void recycle_spill(sp_pool *p, spindle_work *spill)
+{
+    if (!spill) {
         return;
     }
-    /* The loop's cache is full: give the record to other submitters. */
     pthread_mutex_lock(&p->lock);
-    bool keep = p->nfree < SP_POOL_FREE_MAX;
-    if (keep) {
-        w->next = p->free_list;
-        p->free_list = w;
+    while (spill && p->nfree < SP_POOL_FREE_MAX) {
+        spindle_work *next = spill->next;
+        spill->next = p->free_list;
+        p->free_list = spill;
         p->nfree++;
+        spill = next;
     }
     pthread_mutex_unlock(&p->lock);
-    if (!keep) {
-        free(w);
+    while (spill) {
+        spindle_work *next = spill->next;
+        free(spill);
+        spill = next;
     }
 }
 
@@ -207,7 +231,7 @@ static bool deliver(sp_pool *p)
 
     uint64_t now = atomic_load_explicit(&p->ctx->iterations,
                                         memory_order_relaxed);
-    spindle_work *later = NULL, *later_tail = NULL;
+    spindle_work *later = NULL, *later_tail = NULL, *spill = NULL;
     bool progress = false;
     spindle_work *w;
     while ((w = p->pending) != NULL) {
@@ -232,7 +256,7 @@ static bool deliver(sp_pool *p)
         int ret = w->ret;
         /* Recycled before done runs, so a done that submits the next job
          * (the common chain) reuses this record. */
-        recycle(p, w);
+        recycle(p, w, &spill);
         if (done) {
             done(arg, ret);
         }
@@ -243,6 +267,7 @@ static bool deliver(sp_pool *p)
         p->pending = later;
         p->pending_tail = later_tail;
     }
+    recycle_spill(p, spill);
 
     atomic_store_explicit(&p->delivering, depth, memory_order_seq_cst);
     if (depth == 0) {
@@ -265,6 +290,8 @@ static bool pool_poll(void *opaque)
 static void pool_read(void *opaque)
 {
     sp_pool *p = opaque;
+    /* seq_cst, before the drain and the take: see complete(). */
+    atomic_store_explicit(&p->rung, false, memory_order_seq_cst);
     spindle_notifier_test_and_clear(&p->doorbell);
     deliver(p);
 }
@@ -348,7 +375,11 @@ static void *worker_main(void *opaque)
         if (p->nworkers > p->max_workers) {
             break;
         }
-        int64_t window = spun ? 0 : spindle_get_poll_ns(p->ctx);
+        /* One spinner is enough to catch the next job (a submitter wakes
+         * sleepers for the others), and more would take CPUs from the
+         * submitter on a small machine. */
+        int64_t window = spun || p->spinning ? 0
+                                             : spindle_get_poll_ns(p->ctx);
         if (window > 0) {
             spun = true;
             p->spinning++;

@@ -3,7 +3,8 @@
  * thread (thread-safe; it wakes the context) for the cross-thread call,
  * g_unix_fd_source for fds, the same ready-time GSource for re-armable
  * timers (g_timeout_source can only be created at arm time), and
- * g_idle_source for defer.
+ * g_idle_source for defer, and a GThreadPool whose jobs hand their
+ * completion back to the loop with an idle source.
  * SPDX-License-Identifier: MIT */
 #include <glib.h>
 #include <glib-unix.h>
@@ -14,6 +15,7 @@
 typedef struct gl_loop {
     GMainContext *ctx;
     gint64 base_us;
+    GThreadPool *pool; /* created at the first work request */
 } gl_loop;
 
 static void *loop_new(const bench_loop_opts *o)
@@ -25,6 +27,8 @@ static void *loop_new(const bench_loop_opts *o)
 static void loop_free(void *loop)
 {
     gl_loop *l = loop;
+    if (l->pool)
+        g_thread_pool_free(l->pool, FALSE, TRUE);
     g_main_context_unref(l->ctx);
     bench_free(l);
 }
@@ -138,6 +142,46 @@ static void defer_start(void *p)
 }
 static void defer_free(void *p) { bench_free(p); }
 
+/* GThreadPool: the worker runs the job, then attaches an idle source to
+ * the loop's context (which wakes it) to run done there. */
+typedef struct gl_work {
+    gl_loop *loop;
+    bench_cb *work, *done;
+    void *arg;
+} gl_work;
+
+static gboolean work_done_idle(gpointer p)
+{
+    gl_work *w = p;
+    w->done(w->arg);
+    return G_SOURCE_REMOVE;
+}
+static void pool_func(gpointer data, gpointer user)
+{
+    gl_work *w = data;
+    w->work(w->arg);
+    GSource *s = g_idle_source_new();
+    g_source_set_callback(s, work_done_idle, w, NULL);
+    g_source_attach(s, w->loop->ctx);
+    g_source_unref(s);
+}
+static void *work_new(void *loop, bench_cb *work, bench_cb *done, void *arg)
+{
+    gl_loop *l = loop;
+    if (!l->pool) {
+        l->pool = g_thread_pool_new(pool_func, NULL, BENCH_POOL_WORKERS, FALSE, NULL);
+        BENCH_CHECK(l->pool, "g_thread_pool_new");
+    }
+    gl_work *w = bench_alloc(sizeof *w);
+    *w = (gl_work){l, work, done, arg};
+    return w;
+}
+static void work_submit(void *p)
+{
+    gl_work *w = p;
+    BENCH_CHECK(g_thread_pool_push(w->loop->pool, w, NULL), "g_thread_pool_push");
+}
+
 const bench_adapter adapter_glib = {
     .name = "glib",
     .timer_res_ns = 1000,
@@ -148,4 +192,5 @@ const bench_adapter adapter_glib = {
     .now_update = now_update, .timer_new = ready_new, .timer_arm = timer_arm,
     .timer_stop = timer_stop, .timer_free = ready_free,
     .defer_new = defer_new, .defer_start = defer_start, .defer_free = defer_free,
+    .work_new = work_new, .work_submit = work_submit, .work_free = defer_free,
 };

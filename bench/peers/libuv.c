@@ -1,5 +1,5 @@
 /* libuv behind the bench adapter interface: uv_async_send, uv_poll,
- * uv_timer (millisecond deadlines), uv_idle.
+ * uv_timer (millisecond deadlines), uv_idle, uv_queue_work.
  * SPDX-License-Identifier: MIT */
 #include <uv.h>
 
@@ -138,6 +138,43 @@ static void *defer_new(void *loop, bench_defer_cb *cb, void *arg)
 }
 static void defer_start(void *p) { uv_idle_start(&((uv_w *)p)->u.idle, idle_cb); }
 
+/* uv_queue_work: the request is the user's (reused for each submission);
+ * libuv's pool is process-wide, UV_THREADPOOL_SIZE threads (default 4),
+ * and completions come back through an eventfd and uv_async. */
+typedef struct uv_job {
+    uv_work_t req;
+    uv_loop_t *loop;
+    bench_cb *work, *done;
+    void *arg;
+} uv_job;
+
+static void job_work(uv_work_t *r)
+{
+    uv_job *j = (uv_job *)r;
+    j->work(j->arg);
+}
+static void job_after(uv_work_t *r, int status)
+{
+    uv_job *j = (uv_job *)r;
+    BENCH_CHECK(status == 0, "uv_queue_work: status %d", status);
+    j->done(j->arg);
+}
+static void *work_new(void *loop, bench_cb *work, bench_cb *done, void *arg)
+{
+    uv_job *j = bench_alloc(sizeof *j);
+    j->loop = loop;
+    j->work = work;
+    j->done = done;
+    j->arg = arg;
+    return j;
+}
+static void work_submit(void *p)
+{
+    uv_job *j = p;
+    BENCH_CHECK(uv_queue_work(j->loop, &j->req, job_work, job_after) == 0,
+                "uv_queue_work");
+}
+
 const bench_adapter adapter_libuv = {
     .name = "libuv",
     .timer_res_ns = 1000000,
@@ -150,4 +187,5 @@ const bench_adapter adapter_libuv = {
     .now_update = now_update, .timer_new = timer_new, .timer_arm = timer_arm,
     .timer_stop = timer_stop, .timer_free = timer_free,
     .defer_new = defer_new, .defer_start = defer_start, .defer_free = w_free,
+    .work_new = work_new, .work_submit = work_submit, .work_free = bench_free,
 };

@@ -1,6 +1,9 @@
 /* spindle behind the bench adapter interface: bottom halves for the
- * cross-thread call and for defer, fd handlers, spindle timers.
+ * cross-thread call and for defer, fd handlers, spindle timers, the thread
+ * pool. adapter_spindle_embedded is the same context run the way a host
+ * loop embeds it (spindle_get_fd, prepare/check/dispatch around a ppoll).
  * SPDX-License-Identifier: MIT */
+#include <poll.h>
 #include <spindle.h>
 
 #include "../adapter.h"
@@ -39,6 +42,31 @@ static void loop_free(void *loop)
 }
 
 static void run_once(void *loop, bool blocking) { spindle_poll(loop, blocking); }
+
+/* A host loop's iteration: one ppoll on the context's fd for as long as
+ * prepare allows (not at all when not blocking or when work is ready), then
+ * check and dispatch. */
+static void *loop_new_embedded(const bench_loop_opts *o)
+{
+    spindle_ctx *ctx = loop_new(o);
+    BENCH_CHECK(spindle_get_fd(ctx) >= 0, "spindle_get_fd failed");
+    return ctx;
+}
+
+static void run_once_embedded(void *loop, bool blocking)
+{
+    spindle_ctx *ctx = loop;
+    int64_t ns = spindle_prepare(ctx);
+    BENCH_CHECK(ns >= -1, "spindle_prepare: %lld", (long long)ns);
+    bool readable = true;
+    if (blocking && ns != 0) {
+        struct pollfd p = {.fd = spindle_get_fd(ctx), .events = POLLIN};
+        struct timespec ts = {ns / 1000000000, ns % 1000000000};
+        readable = ppoll(&p, 1, ns < 0 ? NULL : &ts, NULL) > 0;
+    }
+    if (spindle_check(ctx, readable))
+        spindle_dispatch(ctx);
+}
 
 /* A bottom half is spindle's cross-thread call: scheduling it from another
  * thread wakes the loop (with no system call while the loop is awake). */
@@ -118,6 +146,41 @@ static void defer_free(void *p)
     bench_free(d);
 }
 
+/* The pool: a request remembers what to run; the library allocates (and
+ * recycles) its own job record per submission. */
+typedef struct sp_work {
+    spindle_ctx *ctx;
+    bench_cb *work, *done;
+    void *arg;
+} sp_work;
+
+static int work_run(void *p)
+{
+    sp_work *w = p;
+    w->work(w->arg);
+    return 0;
+}
+static void work_done(void *p, int ret)
+{
+    sp_work *w = p;
+    w->done(w->arg);
+}
+static void *work_new(void *loop, bench_cb *work, bench_cb *done, void *arg)
+{
+    sp_work *w = bench_alloc(sizeof *w);
+    *w = (sp_work){loop, work, done, arg};
+    BENCH_CHECK(spindle_set_pool_params(loop, 0, BENCH_POOL_WORKERS) == 0,
+                "spindle_set_pool_params");
+    return w;
+}
+static void work_submit(void *p)
+{
+    sp_work *w = p;
+    BENCH_CHECK(spindle_work_submit(w->ctx, work_run, work_done, w),
+                "spindle_work_submit failed");
+}
+static void work_free(void *p) { bench_free(p); }
+
 const bench_adapter adapter_spindle = {
     .name = "spindle",
     .timer_res_ns = 1,
@@ -128,4 +191,19 @@ const bench_adapter adapter_spindle = {
     .now_update = now_update, .timer_new = timer_new, .timer_arm = timer_arm,
     .timer_stop = timer_stop, .timer_free = timer_free,
     .defer_new = defer_new, .defer_start = defer_start, .defer_free = defer_free,
+    .work_new = work_new, .work_submit = work_submit, .work_free = work_free,
+};
+
+const bench_adapter adapter_spindle_embedded = {
+    .name = "spindle (embedded)",
+    .timer_res_ns = 1,
+    .timer_ordered = true,
+    .loop_new = loop_new_embedded, .loop_free = loop_free,
+    .run_once = run_once_embedded,
+    .async_new = async_new, .async_send = async_send, .async_free = async_free,
+    .fd_new = fd_new, .fd_free = fd_free,
+    .now_update = now_update, .timer_new = timer_new, .timer_arm = timer_arm,
+    .timer_stop = timer_stop, .timer_free = timer_free,
+    .defer_new = defer_new, .defer_start = defer_start, .defer_free = defer_free,
+    .work_new = work_new, .work_submit = work_submit, .work_free = work_free,
 };

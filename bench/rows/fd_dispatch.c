@@ -123,6 +123,10 @@ void row_fd_dispatch(void)
     int k = 0;
     impls[k++] = (bench_impl){"spindle epoll", &adapter_spindle,
                               {.backend = BACKEND_EPOLL}, KIND_SPINDLE};
+    /* Embedded in a host loop (a ppoll on spindle_get_fd, then
+     * check and dispatch): what embedding adds to spindle_poll. */
+    impls[k++] = (bench_impl){"spindle epoll embedded", &adapter_spindle_embedded,
+                              {.backend = BACKEND_EPOLL}, KIND_SPINDLE};
     impls[k++] = (bench_impl){"spindle poll", &adapter_spindle,
                               {.backend = BACKEND_POLL}, KIND_SPINDLE};
     for (int i = 0; i < n_peer_impls; i++)

@@ -15,6 +15,7 @@ void row_fd_dispatch(void);
 void row_timers(void);
 void row_defer(void);
 void row_memory(void);
+void row_pool(void);
 
 /* One measurement of a ping-pong: wall ns and CPU ns (both threads) per
  * round trip. */
