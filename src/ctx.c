@@ -60,8 +60,6 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
     ctx->poll_grow = opt.poll_grow;
     ctx->poll_shrink = opt.poll_shrink;
     ctx->epollfd = -1;
-    ctx->embed.fd = -1;
-    ctx->embed.member = -1;
     atomic_init(&ctx->fdmon, &sp_fdmon_poll);
     ctx->epoll_auto = opt.backend == SPINDLE_BACKEND_AUTO;
 
@@ -113,7 +111,6 @@ void spindle_ctx_free(spindle_ctx *ctx)
      * any-thread calls, so everything else must outlive them. */
     sp_pool_destroy(ctx);
     pthread_mutex_destroy(&ctx->pool_lock);
-    sp_embed_destroy(ctx);
     sp_bh_destroy_all(ctx);
     sp_timers_destroy(ctx);
     sp_handlers_destroy(ctx);

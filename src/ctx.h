@@ -204,22 +204,22 @@ int64_t sp_timers_timeout(spindle_ctx *ctx); /* -1: none armed */
 
 /* ---- embed.c */
 
-/* The host loop's view of the context (spindle_get_fd): an epoll set, the
- * "embedding set", that holds the fd monitor's own pollable fd or, where
- * the monitor has none, the fds of the enabled handlers one by one. Loop
- * thread. */
+/* Embedding in a host loop: the host sleeps on the context's epoll set
+ * (ctx->epollfd). Loop thread, but for the fields marked otherwise. */
 typedef struct sp_embed {
-    int fd;         /* the embedding set; -1 until first asked for */
-    int member;     /* the monitor fd in it, or -1 */
-    int *mirror;    /* else: the handler fds added one by one */
-    unsigned nmirror, mirror_cap;
-    unsigned gen;   /* ctx->handler_gen when the mirror was built */
-    bool mirrored, mirror_ext_off; /* ... and whether externals were off */
-    bool incomplete;  /* an fd could not be added: check and rescan often */
-    bool epoll_tried; /* the poll monitor has tried moving to epoll */
+    bool active;      /* list_lock: spindle_get_fd/prepare has run */
+    bool ext_out;     /* list_lock: external fds are out of the set */
+    unsigned retry_gen; /* poll monitor: when refused fds were last tried */
+    atomic_bool incomplete; /* a handler's fd is not in the set (refused) */
 } sp_embed;
 
-void sp_embed_destroy(spindle_ctx *ctx);
+/* Whether h's fd stays out of the embedding set for now (a disabled
+ * external handler). Handler lock held. */
+static inline bool sp_embed_keeps_out(const spindle_ctx *ctx,
+                                      const sp_handler *h);
+/* spindle_enable_external brought the count to zero: put the external fds
+ * back into the set (any thread). */
+void sp_embed_external_enabled(spindle_ctx *ctx);
 
 /* ---- pool.c */
 
@@ -321,5 +321,11 @@ struct spindle_ctx {
     _Atomic uint64_t iterations, kernel_waits, blocking_waits;
     _Atomic uint64_t poll_hits, poll_misses, stale_fds, interest_updates;
 };
+
+static inline bool sp_embed_keeps_out(const spindle_ctx *ctx,
+                                      const sp_handler *h)
+{
+    return h && h->is_external && ctx->embed.ext_out;
+}
 
 #endif

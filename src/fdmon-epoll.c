@@ -56,8 +56,8 @@ static int ctl(int epfd, int op, int fd, struct epoll_event *ev)
 
 /* Move fd's entry in the set from `was` to `now` events (0: not in the
  * set), pointing at record h. */
-static int epoll_apply(spindle_ctx *ctx, int fd, sp_handler *h, int was,
-                       int now)
+int sp_fdmon_epoll_apply(spindle_ctx *ctx, int fd, sp_handler *h, int was,
+                         int now)
 {
     if (now) {
         struct epoll_event ev = { .events = (uint32_t)now, .data.ptr = h };
@@ -79,8 +79,11 @@ static int epoll_apply(spindle_ctx *ctx, int fd, sp_handler *h, int was,
 
 static int epoll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
 {
-    int r = epoll_apply(ctx, new_h ? new_h->fd : old->fd, new_h,
-                        old ? old->events : 0, new_h ? new_h->events : 0);
+    /* An embedded context keeps disabled external fds out of its set. */
+    int r = sp_fdmon_epoll_apply(ctx, new_h ? new_h->fd : old->fd, new_h,
+                                 old ? old->events : 0,
+                                 new_h && !sp_embed_keeps_out(ctx, new_h)
+                                     ? new_h->events : 0);
     if (r == -EBADF || r == 0) {
         return r;
     }
@@ -90,7 +93,8 @@ static int epoll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
 
 static void epoll_set_events(spindle_ctx *ctx, sp_handler *h, int events)
 {
-    int r = epoll_apply(ctx, h->fd, h, h->events, events);
+    int r = sp_fdmon_epoll_apply(ctx, h->fd, h, h->events,
+                                 sp_embed_keeps_out(ctx, h) ? 0 : events);
     /* EBADF: closed behind the loop's back, so no longer in the set. */
     if (r < 0 && r != -EBADF) {
         epoll_give_up(ctx);
@@ -108,7 +112,7 @@ bool sp_fdmon_epoll_enable(spindle_ctx *ctx)
     for (sp_link *l = sp_list_first(&ctx->handlers); l != &ctx->handlers;
          l = sp_list_next(l)) {
         sp_handler *h = sp_container_of(l, sp_handler, all);
-        int r = epoll_apply(ctx, h->fd, h, 0, h->events);
+        int r = sp_fdmon_epoll_apply(ctx, h->fd, h, 0, h->events);
         /* EBADF: closed behind the loop's back; nothing to wait on. */
         if (r < 0 && r != -EBADF) {
             close(ctx->epollfd);
@@ -164,16 +168,13 @@ static void epoll_wait_fn(spindle_ctx *ctx, int64_t timeout_ns)
     }
 }
 
-/* The epoll set itself: readable while it holds a ready fd. Not while
- * external handlers are disabled: it holds them, and the waits skip them
- * (see above), so the embedding set must watch the others one by one. */
-static int epoll_embed_fd(spindle_ctx *ctx)
+/* Embedding: the host sleeps on this very set, which holds every handler
+ * (embed.c keeps disabled external ones out). Nothing to push. */
+static int epoll_embed(spindle_ctx *ctx, bool first)
 {
-    if (atomic_load_explicit(&ctx->external_disable_cnt,
-                             memory_order_relaxed)) {
-        return -1;
-    }
-    return ctx->epollfd;
+    (void)ctx;
+    (void)first;
+    return 0;
 }
 
 const sp_fdmon sp_fdmon_epoll = {
@@ -182,5 +183,5 @@ const sp_fdmon sp_fdmon_epoll = {
     .wait = epoll_wait_fn,
     .set_events = epoll_set_events,
     .need_wait = sp_handlers_unpolled,
-    .embed_fd = epoll_embed_fd,
+    .embed = epoll_embed,
 };

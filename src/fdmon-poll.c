@@ -19,6 +19,14 @@
  * An fd that was closed behind the loop's back comes back as POLLNVAL on
  * every call; reporting it would spin the loop, so the record is marked
  * stale, left out of later waits and counted in the statistics.
+ *
+ * Embedding needs an epoll set that a host loop can sleep on, which poll
+ * does not have: a context on poll moves to epoll when it is first
+ * embedded. Where epoll cannot hold every fd (it refused one: the context
+ * fell back to poll, before or after it was embedded), poll keeps waiting
+ * on everything and keeps an epoll set beside it for the host, best effort:
+ * update() applies every change to it too, and a refused fd makes the
+ * embedding "incomplete" (embed.c then bounds the host's sleep).
  */
 #include "ctx.h"
 
@@ -26,13 +34,33 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+/* Lock held. Keep the embedding set in step; a refusal leaves the host's
+ * set incomplete until a later embed() finds every fd accepted. */
+static void embed_apply(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
+{
+    if (!ctx->embed.active || ctx->epollfd < 0) {
+        return;
+    }
+    int r = sp_fdmon_epoll_apply(ctx, old,
+                                 sp_embed_keeps_out(ctx, new_h) ? NULL
+                                                                : new_h);
+    if (r < 0 && r != -EBADF) {
+        atomic_store_explicit(&ctx->embed.incomplete, true,
+                              memory_order_relaxed);
+    }
+}
 
 static int poll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
 {
-    (void)ctx;
-    (void)old;
     /* No kernel state; only check that the fd is open. */
-    return new_h && fcntl(new_h->fd, F_GETFD) < 0 ? -EBADF : 0;
+    if (new_h && fcntl(new_h->fd, F_GETFD) < 0) {
+        return -EBADF;
+    }
+    embed_apply(ctx, old, new_h);
+    return 0;
 }
 
 static bool poll_reserve(spindle_ctx *ctx, unsigned n)
@@ -99,22 +127,60 @@ static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
     }
 }
 
-/* Embedding: poll keeps no kernel state, so nothing could become readable
- * for a host loop. An embedded context therefore moves to epoll, once, as
- * AUTO does at 64 fds. After epoll failed (at that move or later, when it
- * gave up and fell back here) there is no fd: the embedding set then
- * watches the handlers' fds itself. */
-static int poll_embed_fd(spindle_ctx *ctx)
+/* Handler lock held. Put every enabled handler into the epoll set (a fresh
+ * one the first time); true if it took them all. */
+static bool embed_fill(spindle_ctx *ctx)
 {
-    if (ctx->embed.epoll_tried || ctx->epollfd >= 0) {
-        return -1;
+    bool complete = true;
+    for (sp_link *l = sp_list_first(&ctx->handlers); l != &ctx->handlers;
+         l = sp_list_next(l)) {
+        sp_handler *h = sp_container_of(l, sp_handler, all);
+        if (!h->events || h->stale || sp_embed_keeps_out(ctx, h)) {
+            continue;
+        }
+        int r = sp_fdmon_epoll_apply(ctx, NULL, h);
+        complete &= r == 0 || r == -EBADF;
     }
-    ctx->embed.epoll_tried = true;
+    return complete;
+}
+
+static int poll_embed(spindle_ctx *ctx, bool first)
+{
+    sp_embed *e = &ctx->embed;
+    unsigned gen = atomic_load_explicit(&ctx->handler_gen,
+                                        memory_order_relaxed);
+    if (!first && (!atomic_load_explicit(&e->incomplete,
+                                         memory_order_relaxed) ||
+                   gen == e->retry_gen)) {
+        return 0;
+    }
+    int r = 0;
     sp_lockcnt_lock(&ctx->list_lock);
-    ctx->epoll_auto = false;
-    bool moved = sp_fdmon_epoll_enable(ctx);
+    if (first) {
+        ctx->epoll_auto = false;
+        /* A set left from an earlier fallback to poll is stale (removals
+         * were not applied to it) and no host has seen it yet. */
+        if (ctx->epollfd >= 0) {
+            close(ctx->epollfd);
+            ctx->epollfd = -1;
+        } else if (sp_fdmon_epoll_enable(ctx)) {
+            sp_lockcnt_unlock(&ctx->list_lock);
+            return 0; /* on epoll from now on: its set is the host's */
+        }
+        ctx->epollfd = sp_fault_fd() ? -1 : epoll_create1(EPOLL_CLOEXEC);
+        if (ctx->epollfd < 0) {
+            r = -errno;
+            goto out;
+        }
+    }
+    /* First fill, or a retry of refused fds after the handlers changed. */
+    e->retry_gen = atomic_load_explicit(&ctx->handler_gen,
+                                        memory_order_relaxed);
+    atomic_store_explicit(&e->incomplete, !embed_fill(ctx),
+                          memory_order_relaxed);
+out:
     sp_lockcnt_unlock(&ctx->list_lock);
-    return moved ? sp_fdmon_epoll.embed_fd(ctx) : -1;
+    return r;
 }
 
 const sp_fdmon sp_fdmon_poll = {
@@ -122,5 +188,5 @@ const sp_fdmon sp_fdmon_poll = {
     .update = poll_update,
     .wait = poll_wait,
     .need_wait = sp_handlers_unpolled,
-    .embed_fd = poll_embed_fd,
+    .embed = poll_embed,
 };

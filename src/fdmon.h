@@ -50,17 +50,17 @@ typedef struct sp_fdmon {
     /* Whether wait() must run even with a zero timeout because busy polling
      * cannot see every event source. */
     bool (*need_wait)(spindle_ctx *ctx);
-    /* Embedding (embed.c): an fd that is readable whenever wait(ctx, 0)
-     * would queue a handler, for a host loop to sleep on in place of
-     * wait(); or -1 when the monitor has none right now, in which case the
-     * embedding set watches every enabled handler's fd itself (the slow
-     * way: O(n) system calls per change of the handler set). Runs on the
-     * loop thread, without the handler lock, before every host wait
-     * (spindle_prepare), so a monitor that defers kernel updates to its
-     * next wait (queued SQEs, coalesced interest changes) must push them
-     * here. It may move the context to another monitor (poll moves to
-     * epoll). NULL means "none". */
-    int (*embed_fd)(spindle_ctx *ctx);
+    /* Embedding (embed.c). The host loop sleeps on the context's epoll
+     * set (ctx->epollfd), which must then be readable whenever wait(ctx, 0)
+     * would queue a handler. Called on the loop thread, without the
+     * handler lock, before every host sleep (spindle_prepare); `first` the
+     * first time. A monitor that keeps no epoll set sets one up and keeps
+     * it in step (poll: see fdmon-poll.c); one whose readiness lives
+     * elsewhere puts a pollable fd for it into the set (io_uring: the ring
+     * fd); one that defers kernel updates to its next wait pushes them
+     * here. 0, or a negative errno when the context cannot be embedded.
+     * NULL: nothing to do. */
+    int (*embed)(spindle_ctx *ctx, bool first);
 } sp_fdmon;
 
 extern const sp_fdmon sp_fdmon_poll;
@@ -70,5 +70,10 @@ extern const sp_fdmon sp_fdmon_epoll;
  * the context uses epoll from now on. Handler lock held. false: epoll is
  * unusable and the context stays on poll for good. */
 bool sp_fdmon_epoll_enable(spindle_ctx *ctx);
+/* Move fd's entry in the context's epoll set from `was` to `now` events
+ * (0: not in the set), pointing at record h, whichever monitor is in use.
+ * 0, or a negative errno from epoll_ctl. Handler lock held. */
+int sp_fdmon_epoll_apply(spindle_ctx *ctx, int fd, sp_handler *h, int was,
+                         int now);
 
 #endif

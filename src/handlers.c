@@ -406,6 +406,8 @@ void spindle_enable_external(spindle_ctx *ctx)
         &ctx->external_disable_cnt, &n, n - 1, memory_order_relaxed,
         memory_order_relaxed));
     if (n == 1) {
+        /* An embedded context put them out of its epoll set. */
+        sp_embed_external_enabled(ctx);
         /* The loop may sleep without the external fds in its set. */
         sp_notify_remote(ctx);
     }

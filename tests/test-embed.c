@@ -414,6 +414,62 @@ static void host_is_served_after_epoll_gave_up(void **state)
                                             NULL, NULL, NULL), 0);
 }
 
+/* A context that fell back to poll before it was embedded: its old epoll
+ * set still holds a removed fd, which must not wake the host. */
+static void context_that_fell_back_to_poll_is_embedded_afresh(void **state)
+{
+    (void)state;
+    spindle_options o = { .backend = SPINDLE_BACKEND_EPOLL, .poll_max_ns = -1 };
+    spindle_ctx *ctx = spindle_ctx_new_opts(&o);
+    assert_non_null(ctx);
+    int gone[2];
+    harness_pipe(gone);
+    assert_int_equal(spindle_set_fd_handler(ctx, gone[0], false,
+                                            harness_count_cb, NULL, NULL,
+                                            &(unsigned){ 0 }), 0);
+    char path[] = "/tmp/spindle-embed-XXXXXX";
+    int file = mkstemp(path);
+    assert_true(file >= 0);
+    unlink(path);
+    assert_int_equal(spindle_set_fd_handler(ctx, file, false,
+                                            harness_count_cb, NULL, NULL,
+                                            &(unsigned){ 0 }), 0);
+    assert_string_equal(spindle_backend_name(ctx), "poll");
+    /* Removed while on poll: still in the old epoll set, and readable. */
+    assert_int_equal(spindle_set_fd_handler(ctx, gone[0], false, NULL, NULL,
+                                            NULL, NULL), 0);
+    assert_int_equal(spindle_set_fd_handler(ctx, file, false, NULL, NULL,
+                                            NULL, NULL), 0);
+    close(file);
+    assert_int_equal(write(gone[1], "x", 1), 1);
+
+    host h = { .ctx = ctx, .fd = spindle_get_fd(ctx) };
+    assert_true(h.fd >= 0);
+    harness_drain(ctx);
+    assert_int_equal(spindle_prepare(ctx), -1);
+    assert_false(fd_readable(h.fd));
+    assert_false(spindle_check(ctx, false));
+    /* And what is registered wakes it. */
+    harness_pipe(h.pipe);
+    pipe_reads = 0;
+    pipe_read_fd = h.pipe[0];
+    assert_int_equal(spindle_set_fd_handler(ctx, h.pipe[0], false,
+                                            pipe_read_cb, NULL, NULL, NULL),
+                     0);
+    harness_drain(ctx);
+    assert_int_equal(spindle_prepare(ctx), -1);
+    assert_int_equal(write(h.pipe[1], "x", 1), 1);
+    assert_true(fd_readable(h.fd));
+    assert_true(host_iteration(&h));
+    assert_int_equal(pipe_reads, 1);
+
+    spindle_ctx_free(ctx);
+    close(gone[0]);
+    close(gone[1]);
+    close(h.pipe[0]);
+    close(h.pipe[1]);
+}
+
 /* While external handlers are disabled, a ready external fd must not make
  * the host's fd readable (it would spin), and the others must. */
 static void disabled_external_fd_does_not_wake_the_host(void **state)
@@ -517,6 +573,7 @@ int main(void)
         HOST_TEST(host_loses_no_cross_thread_wakeup),
         HOST_TEST(dispatch_calls_each_io_poll_once),
         HOST_TEST(host_is_served_after_epoll_gave_up),
+        TEST(context_that_fell_back_to_poll_is_embedded_afresh),
         HOST_TEST(disabled_external_fd_does_not_wake_the_host),
         HOST_TEST(calls_while_another_thread_iterates_return_ebusy),
     };
