@@ -294,7 +294,10 @@ SPINDLE_API void spindle_set_fd_poll(spindle_ctx *ctx, int fd,
  * dispatched nor polled nor waited on. Events that arrive meanwhile are
  * delivered once the count returns to zero. The loop does not spin while
  * disabled. Any thread. O(1); while disabled, an epoll context waits with
- * ppoll over the internal handlers, O(n). NULL is ignored. */
+ * ppoll over the internal handlers, O(n). An embedded context (see
+ * spindle_get_fd) also takes the external fds out of its epoll set at its
+ * next spindle_prepare, and the enable that brings the count to zero puts
+ * them back: O(external handlers) system calls. NULL is ignored. */
 SPINDLE_API void spindle_disable_external(spindle_ctx *ctx);
 SPINDLE_API void spindle_enable_external(spindle_ctx *ctx);
 
@@ -438,8 +441,9 @@ SPINDLE_API int64_t spindle_timer_expire_ns(const spindle_timer *t);
 
 /* The fd the host loop waits on for reading (POLLIN): it becomes readable
  * whenever the context has work: a ready fd handler, a due timer, a
- * scheduled bottom half, a notify. It stays the same fd for the context's
- * whole life and belongs to the context (do not close it). Returns the fd,
+ * scheduled bottom half, a notify. It is the context's own epoll set, the
+ * same fd for the context's whole life, and belongs to the context (do not
+ * close it or read from it). Returns the fd,
  * or -EINVAL (NULL), -EBUSY (another thread is inside an iteration),
  * -EMFILE, -ENFILE, -ENOMEM (nothing changed then; the context still works
  * with spindle_poll). Loop thread. O(1) after the first call. */
@@ -450,11 +454,13 @@ SPINDLE_API int spindle_get_fd(spindle_ctx *ctx);
  * means no limit. From a non-zero return on, a wake-up from any thread
  * makes the fd readable, until spindle_check or spindle_dispatch. Errors:
  * -EINVAL (NULL), -EBUSY (another thread is inside an iteration), or those
- * of spindle_get_fd. Loop thread. Cost O(b) plus, after a change of the
- * handler set in the rare states where the context must watch each fd by
- * itself (epoll refused an fd; external handlers disabled), O(n) system
- * calls. Any io_poll calls made here (leaving the busy-polling state that a
- * spindle_poll left) may run user callbacks. */
+ * of spindle_get_fd. Loop thread. Cost O(b), no system call; O(n) system
+ * calls in two rare cases: external handlers were disabled since the last
+ * prepare (their fds leave the epoll set, so that they do not wake the host
+ * meanwhile), or the handlers changed while epoll has refused an fd (a
+ * regular file: the context then runs on poll, the host's sleep is bounded
+ * to 1 ms and every check dispatches). Any io_poll calls made here (leaving
+ * the busy-polling state that a spindle_poll left) may run user callbacks. */
 SPINDLE_API int64_t spindle_prepare(spindle_ctx *ctx);
 
 /* After the host's sleep: ends what prepare announced and returns whether
