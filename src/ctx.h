@@ -231,6 +231,13 @@ void sp_pool_destroy(spindle_ctx *ctx);
 /* Worker threads alive now, and jobs waiting for one (statistics). */
 void sp_pool_counts(spindle_ctx *ctx, uint64_t *workers, uint64_t *queued);
 
+/* ---- thread.c */
+
+/* Start a thread of the library's (a worker, a loop thread): all signals
+ * blocked, named `name`. 0 or a negative errno. */
+int sp_thread_start(pthread_t *tid, void *(*fn)(void *), void *arg,
+                    const char *name);
+
 /* ---- the context (ctx.c) */
 
 /* One thread at a time runs the iteration; the same thread may nest.

@@ -51,7 +51,6 @@
 #include "ctx.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -435,19 +434,11 @@ static int start_worker(sp_pool *p)
         return -ENOMEM;
     }
     w->pool = p;
-    /* Workers block every signal: the program's handlers run on its own
-     * threads, and a signal never interrupts a work function's system
-     * call. The new thread inherits the mask set here. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int r = pthread_create(&w->tid, NULL, worker_main, w);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (r != 0) {
+    int r = sp_thread_start(&w->tid, worker_main, w, "spindle-worker");
+    if (r < 0) {
         free(w);
-        return -r;
+        return r;
     }
-    pthread_setname_np(w->tid, "spindle-worker");
     p->nworkers++;
     return 0;
 }

@@ -24,6 +24,24 @@ struct spindle_thread {
     bool self_free; /* loop thread only: freed from one of its callbacks */
 };
 
+int sp_thread_start(pthread_t *tid, void *(*fn)(void *), void *arg,
+                    const char *name)
+{
+    /* The library's threads block every signal: the program's handlers run
+     * on its own threads, and a signal never interrupts a callback's or a
+     * work function's system call. The new thread inherits the mask. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int r = pthread_create(tid, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r != 0) {
+        return -r;
+    }
+    pthread_setname_np(*tid, name);
+    return 0;
+}
+
 static void *loop_main(void *opaque)
 {
     spindle_thread *t = opaque;
@@ -54,20 +72,13 @@ spindle_thread *spindle_thread_new(const spindle_options *opts)
         return NULL;
     }
     atomic_init(&t->stop, false);
-    /* Signals go to the program's own threads (the new thread inherits
-     * the mask). */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int r = pthread_create(&t->tid, NULL, loop_main, t);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (r != 0) {
+    int r = sp_thread_start(&t->tid, loop_main, t, "spindle-loop");
+    if (r < 0) {
         spindle_ctx_free(t->ctx);
         free(t);
-        errno = r;
+        errno = -r;
         return NULL;
     }
-    pthread_setname_np(t->tid, "spindle-loop");
     return t;
 }
 

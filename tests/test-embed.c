@@ -177,9 +177,10 @@ static void pipe_read_cb(void *opaque)
     pipe_reads++;
 }
 
-static void fd_is_readable_exactly_while_a_handler_is_ready(void **state)
+/* Register a reader on h's pipe and let the context settle: a prepared,
+ * idle host (its fd not readable). */
+static void watch_pipe(host *h)
 {
-    host *h = *state;
     pipe_reads = 0;
     pipe_read_fd = h->pipe[0];
     assert_int_equal(spindle_set_fd_handler(h->ctx, h->pipe[0], false,
@@ -187,7 +188,13 @@ static void fd_is_readable_exactly_while_a_handler_is_ready(void **state)
                      0);
     harness_drain(h->ctx);
     assert_int_equal(spindle_prepare(h->ctx), -1);
-    assert_false(fd_readable(h->fd)); /* an idle host sleeps */
+    assert_false(fd_readable(h->fd));
+}
+
+static void fd_is_readable_exactly_while_a_handler_is_ready(void **state)
+{
+    host *h = *state;
+    watch_pipe(h); /* an idle host sleeps */
 
     assert_int_equal(write(h->pipe[1], "x", 1), 1);
     assert_true(fd_readable(h->fd));
@@ -380,16 +387,9 @@ static void host_is_served_after_epoll_gave_up(void **state)
                                             NULL, NULL), 0);
     close(file);
 
-    /* A pipe registered now is in no epoll set of the context's: the
-     * embedding set watches it. */
-    pipe_reads = 0;
-    pipe_read_fd = h->pipe[0];
-    assert_int_equal(spindle_set_fd_handler(h->ctx, h->pipe[0], false,
-                                            pipe_read_cb, NULL, NULL, NULL),
-                     0);
-    harness_drain(h->ctx);
-    assert_int_equal(spindle_prepare(h->ctx), -1);
-    assert_false(fd_readable(h->fd));
+    /* A pipe registered now: the context waits with ppoll, and keeps its
+     * epoll set in step for the host. */
+    watch_pipe(h);
     assert_int_equal(write(h->pipe[1], "x", 1), 1);
     assert_true(fd_readable(h->fd));
     assert_true(host_iteration(h));
@@ -451,13 +451,7 @@ static void context_that_fell_back_to_poll_is_embedded_afresh(void **state)
     assert_false(spindle_check(ctx, false));
     /* And what is registered wakes it. */
     harness_pipe(h.pipe);
-    pipe_reads = 0;
-    pipe_read_fd = h.pipe[0];
-    assert_int_equal(spindle_set_fd_handler(ctx, h.pipe[0], false,
-                                            pipe_read_cb, NULL, NULL, NULL),
-                     0);
-    harness_drain(ctx);
-    assert_int_equal(spindle_prepare(ctx), -1);
+    watch_pipe(&h);
     assert_int_equal(write(h.pipe[1], "x", 1), 1);
     assert_true(fd_readable(h.fd));
     assert_true(host_iteration(&h));
@@ -481,12 +475,7 @@ static void disabled_external_fd_does_not_wake_the_host(void **state)
     assert_int_equal(spindle_set_fd_handler(h->ctx, e[0], true,
                                             harness_count_cb, NULL, NULL,
                                             &ext_reads), 0);
-    pipe_reads = 0;
-    pipe_read_fd = h->pipe[0];
-    assert_int_equal(spindle_set_fd_handler(h->ctx, h->pipe[0], false,
-                                            pipe_read_cb, NULL, NULL, NULL),
-                     0);
-    harness_drain(h->ctx);
+    watch_pipe(h);
     spindle_disable_external(h->ctx);
     assert_int_equal(write(e[1], "x", 1), 1);
     assert_int_equal(spindle_prepare(h->ctx), -1);

@@ -181,29 +181,26 @@ static void work_submit(void *p)
 }
 static void work_free(void *p) { bench_free(p); }
 
+/* What the two ways of running a context share. */
+#define SPINDLE_ADAPTER_OPS                                                      \
+    .timer_res_ns = 1, .timer_ordered = true, .loop_free = loop_free,           \
+    .async_new = async_new, .async_send = async_send, .async_free = async_free, \
+    .fd_new = fd_new, .fd_free = fd_free, .now_update = now_update,             \
+    .timer_new = timer_new, .timer_arm = timer_arm, .timer_stop = timer_stop,   \
+    .timer_free = timer_free, .defer_new = defer_new,                           \
+    .defer_start = defer_start, .defer_free = defer_free,                       \
+    .work_new = work_new, .work_submit = work_submit, .work_free = work_free
+
 const bench_adapter adapter_spindle = {
     .name = "spindle",
-    .timer_res_ns = 1,
-    .timer_ordered = true,
-    .loop_new = loop_new, .loop_free = loop_free, .run_once = run_once,
-    .async_new = async_new, .async_send = async_send, .async_free = async_free,
-    .fd_new = fd_new, .fd_free = fd_free,
-    .now_update = now_update, .timer_new = timer_new, .timer_arm = timer_arm,
-    .timer_stop = timer_stop, .timer_free = timer_free,
-    .defer_new = defer_new, .defer_start = defer_start, .defer_free = defer_free,
-    .work_new = work_new, .work_submit = work_submit, .work_free = work_free,
+    .loop_new = loop_new,
+    .run_once = run_once,
+    SPINDLE_ADAPTER_OPS,
 };
 
 const bench_adapter adapter_spindle_embedded = {
     .name = "spindle (embedded)",
-    .timer_res_ns = 1,
-    .timer_ordered = true,
-    .loop_new = loop_new_embedded, .loop_free = loop_free,
+    .loop_new = loop_new_embedded,
     .run_once = run_once_embedded,
-    .async_new = async_new, .async_send = async_send, .async_free = async_free,
-    .fd_new = fd_new, .fd_free = fd_free,
-    .now_update = now_update, .timer_new = timer_new, .timer_arm = timer_arm,
-    .timer_stop = timer_stop, .timer_free = timer_free,
-    .defer_new = defer_new, .defer_start = defer_start, .defer_free = defer_free,
-    .work_new = work_new, .work_submit = work_submit, .work_free = work_free,
+    SPINDLE_ADAPTER_OPS,
 };
