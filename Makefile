@@ -137,14 +137,17 @@ ENV_fault = $(ASAN_ENV)
 DESC_fault := fault injection under ASan+UBSan/LSan: suite fault
 
 # valgrind memcheck over the default build's test programs: the unit tests
-# on every back-end, the threads tests on AUTO, and the README example.
+# on every back-end (and driven through the embedding API on AUTO), the
+# embedding, pool, loop-thread and threads tests on AUTO, and the README
+# example.
 # Left out: test-polling, whose assertions about the adaptive window are
 # about wait times of a few us, which valgrind's slow-down turns into long
 # waits (they fail for that reason only). About 30 s on 2 cores.
 VALGRIND := valgrind --error-exitcode=1 --leak-check=full \
             --errors-for-leak-kinds=definite,indirect --track-fds=no -q
 VALGRIND_TESTS := $(foreach b,auto poll epoll,$(foreach t,bh timer notifier ctx fd interest errors,$(t)-$(b))) \
-                  threads-auto readme-example
+                  $(foreach t,bh timer notifier fd pool,$(t)-embed-auto) \
+                  embed-auto pool-auto loop-thread-auto threads-auto readme-example
 DIR_valgrind := build
 CONF_valgrind = $(CONF_default)
 TESTS_valgrind := -Dtests=enabled

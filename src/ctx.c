@@ -179,8 +179,9 @@ bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain)
     int64_t work_ns = 0;
     int64_t *work = adapt ? &work_ns : NULL;
 
-    /* 2. Busy-poll the io_poll handlers (polling.c). */
-    progress = sp_polling_try(ctx, &timeout, work);
+    /* 2. Busy-poll the io_poll handlers (polling.c). A drain has no step
+     * 2 here: its host has slept already; it calls them after step 4. */
+    progress = drain ? false : sp_polling_try(ctx, &timeout, work);
 
     /* 3. Wait in the kernel if polling cannot be enough (fdmon-*.c). */
     int64_t wait_end = 0; /* when spindle_notify asked the wait to end */
@@ -215,6 +216,13 @@ bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain)
     }
     /* 4. Accept the wake-ups: what they announced is looked at below. */
     sp_notify_accept(ctx);
+    if (drain) {
+        /* Each io_poll once, after the accept: what an io_poll source
+         * published before a notify that the accept consumed must be
+         * looked at before the host's next prepare announces a sleep (a
+         * spindle_poll does it in the next iteration's step 2). */
+        progress |= sp_polling_try(ctx, &timeout, NULL);
+    }
 
     /* 5. Adapt the window to the time waited: for a wait that a notify
      * ended, until the notify (notify.c explains why). */

@@ -11,7 +11,9 @@
  *   (the host sleeps on the fd, for at most that timeout)
  *   spindle_check()    withdraw the announcement; is there work?
  *   spindle_dispatch() steps 4-6: accept the wake-ups, collect the ready
- *                      fds without blocking, run BHs, handlers, timers
+ *                      fds without blocking, call each io_poll once (after
+ *                      the accept: see sp_iterate), run BHs, handlers,
+ *                      timers
  *
  * The notify protocol is unchanged: prepare is L1-L4, the host's sleep is
  * L5, check (or dispatch, if the host skips check) is L6, and dispatch is

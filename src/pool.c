@@ -96,8 +96,11 @@ struct sp_pool {
     unsigned nfree;
     int min_workers, max_workers;
     int nworkers;              /* started and not yet left */
-    int idle;                  /* sleeping on work_cond */
+    /* Who will take a queued job without a new worker being started: */
     int spinning;              /* spinning for work without the lock */
+    int starting;              /* started, not yet looking at the queue */
+    int woken;                 /* signalled, not yet awake */
+    int idle;                  /* asleep on work_cond, not yet signalled */
     sp_worker *exited;         /* left, not joined yet */
     bool stopping;
 
@@ -143,10 +146,8 @@ static void complete(sp_pool *p, spindle_work *w)
     } else if (sp_notify_request(p->ctx) &&
                !atomic_exchange_explicit(&p->rung, true,
                                          memory_order_seq_cst)) {
-        /* One write per wake-up, however many workers finish meanwhile:
-         * a worker that finds the doorbell rung pushed before this
-         * exchange, and pool_read clears `rung` before it takes the stack,
-         * so that take sees the push. */
+        /* One write per wake-up, however many workers finish meanwhile;
+         * pool_read explains why a skipped write loses nothing. */
         spindle_notifier_set(&p->doorbell);
     }
 }
@@ -289,9 +290,14 @@ static bool pool_poll(void *opaque)
 static void pool_read(void *opaque)
 {
     sp_pool *p = opaque;
-    /* seq_cst, before the drain and the take: see complete(). */
-    atomic_store_explicit(&p->rung, false, memory_order_seq_cst);
+    /* Drain, then clear `rung` (seq_cst), then take the stack (seq_cst, in
+     * deliver): a worker whose exchange in complete() still saw `rung` set
+     * came before the clear, so its push came before the take; one that
+     * saw it clear writes the doorbell again. (Clearing before the drain
+     * could drain that new write and leave `rung` set on an empty doorbell,
+     * and every later worker would skip its write: a lost wake-up.) */
     spindle_notifier_test_and_clear(&p->doorbell);
+    atomic_store_explicit(&p->rung, false, memory_order_seq_cst);
     deliver(p);
 }
 
@@ -354,6 +360,7 @@ static void *worker_main(void *opaque)
     bool spun = false; /* already spun since the last job */
 
     pthread_mutex_lock(&p->lock);
+    p->starting--;
     for (;;) {
         if (p->stopping) {
             break;
@@ -398,7 +405,13 @@ static void *worker_main(void *opaque)
         }
         p->idle++;
         int r = pthread_cond_timedwait(&p->work_cond, &p->lock, &until);
-        p->idle--;
+        /* Sleepers are interchangeable: whoever wakes first answers a
+         * signal that a submitter counted (`woken`), whatever woke it. */
+        if (p->woken > 0) {
+            p->woken--;
+        } else {
+            p->idle--;
+        }
         spun = false;
         if (r == ETIMEDOUT && !p->head && p->nworkers > p->min_workers) {
             break;
@@ -440,6 +453,7 @@ static int start_worker(sp_pool *p)
         return r;
     }
     p->nworkers++;
+    p->starting++;
     return 0;
 }
 
@@ -632,11 +646,14 @@ spindle_work *spindle_work_submit(spindle_ctx *ctx, spindle_work_fn *work,
                                            memory_order_relaxed) + 1;
     atomic_store_explicit(&p->queued, queued, memory_order_relaxed);
 
-    /* Spinning workers will take `spinning` jobs and sleeping ones, once
-     * woken, `idle` more; start a worker for what is left over. */
+    /* A job that no spinning, starting or already signalled worker will
+     * take gets a sleeping worker signalled for it, or a new worker (busy
+     * workers do not count: their work may block for good). */
     bool wake = false;
-    if (queued > (unsigned)p->spinning) {
+    if (queued > (unsigned)(p->spinning + p->starting + p->woken)) {
         if (p->idle > 0) {
+            p->idle--;
+            p->woken++;
             wake = true;
         } else if (p->nworkers < p->max_workers) {
             int r = start_worker(p);

@@ -229,6 +229,37 @@ static void done_runs_in_a_later_iteration_than_its_submit(void **state)
     }
 }
 
+/* Rounds of WORKERS jobs that finish together (a barrier) while the loop
+ * sleeps: their completions race each other for the doorbell and race the
+ * loop draining it. A lost wake-up hangs (the watchdog fails it). */
+#define RACE_ROUNDS SCALE(3000u, 300u)
+
+static pthread_barrier_t race_barrier;
+
+static int racing_work(void *arg)
+{
+    pthread_barrier_wait(&race_barrier);
+    return quick_work(arg);
+}
+
+static void racing_completions_lose_no_wakeup(void **state)
+{
+    pool_fix *f = *state;
+    assert_int_equal(spindle_set_pool_params(f->ctx, WORKERS, WORKERS), 0);
+    assert_int_equal(pthread_barrier_init(&race_barrier, NULL, WORKERS), 0);
+    for (unsigned round = 1; round <= RACE_ROUNDS; round++) {
+        for (unsigned i = 0; i < WORKERS; i++) {
+            assert_non_null(spindle_work_submit(f->ctx, racing_work,
+                                                count_done, &f->jobs[i]));
+        }
+        poll_until_done(f, round * WORKERS);
+    }
+    pthread_barrier_destroy(&race_barrier);
+    for (unsigned i = 0; i < WORKERS; i++) {
+        assert_int_equal(atomic_load(&f->jobs[i].done_runs), RACE_ROUNDS);
+    }
+}
+
 /* ------------------------------------------------------------------------
  * Cancellation
  */
@@ -527,6 +558,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         POOL_TEST(thousand_jobs_on_four_workers_each_done_once_on_the_loop_thread),
         POOL_TEST(done_runs_in_a_later_iteration_than_its_submit),
+        POOL_TEST(racing_completions_lose_no_wakeup),
         POOL_TEST(cancel_half_of_100_slow_jobs),
         POOL_TEST(cancel_of_a_finished_job_returns_ebusy),
         POOL_TEST(work_that_submits_more_work),
