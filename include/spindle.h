@@ -490,9 +490,11 @@ SPINDLE_API bool spindle_dispatch(spindle_ctx *ctx);
  * by the pool's own io_poll handler while the loop spins or runs (no system
  * call per completion), through an eventfd while it sleeps. A worker that
  * runs out of work spins for up to the loop's current polling window before
- * it sleeps, so a loop that submits jobs back to back hands them over
- * without waking a thread; an idle loop has no window and its workers do
- * not spin.
+ * it sleeps (one worker at a time), so a loop that submits jobs back to
+ * back hands them over without waking a thread; an idle loop has no window
+ * and its workers do not spin. A job that no idle worker will take starts
+ * a new worker (below max_workers) even while the others are busy, so work
+ * functions may block, on each other too.
  */
 
 /* Workers above min_workers exit after this many ms without work. */
