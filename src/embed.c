@@ -73,7 +73,8 @@ static void externals_set(spindle_ctx *ctx, bool out)
             /* Errors: the fd was closed (dropped by the kernel already);
              * or, putting back, refused, which a poll context records as
              * incomplete through its own update() path next time. */
-            sp_fdmon_epoll_apply(ctx, out ? h : NULL, out ? NULL : h);
+            sp_fdmon_epoll_apply(ctx, h->fd, h, out ? h->events : 0,
+                                 out ? 0 : h->events);
         }
     }
 }
@@ -172,6 +173,10 @@ int64_t spindle_prepare(spindle_ctx *ctx)
         found = sp_polling_leave(ctx, &t, NULL) || t == 0;
         sp_walk_end(ctx);
     }
+    /* Interest changes made since the last wait (by the callbacks of the
+     * last dispatch, say) reach the kernel now, before the host sleeps, as
+     * they do before spindle_poll()'s wait. */
+    sp_interest_apply(ctx);
     timeout = found ? 0 : spindle_compute_timeout(ctx);
     if (timeout &&
         atomic_load_explicit(&ctx->embed.incomplete, memory_order_relaxed) &&

@@ -37,20 +37,26 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-/* Lock held. Keep the embedding set in step; a refusal leaves the host's
- * set incomplete until a later embed() finds every fd accepted. */
-static void embed_apply(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
+/* Lock held. Move fd's entry in the epoll set kept for an embedding host
+ * (nothing when not embedded); a refusal leaves the set incomplete until a
+ * later embed() finds every fd accepted. */
+static void embed_move(spindle_ctx *ctx, int fd, sp_handler *h, int was,
+                       int now)
 {
     if (!ctx->embed.active || ctx->epollfd < 0) {
         return;
     }
-    int r = sp_fdmon_epoll_apply(ctx, old,
-                                 sp_embed_keeps_out(ctx, new_h) ? NULL
-                                                                : new_h);
+    int r = sp_fdmon_epoll_apply(ctx, fd, h, was,
+                                 h && sp_embed_keeps_out(ctx, h) ? 0 : now);
     if (r < 0 && r != -EBADF) {
         atomic_store_explicit(&ctx->embed.incomplete, true,
                               memory_order_relaxed);
     }
+}
+
+void sp_fdmon_poll_embed_events(spindle_ctx *ctx, sp_handler *h, int events)
+{
+    embed_move(ctx, h->fd, h, h->events, events);
 }
 
 static int poll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
@@ -59,7 +65,8 @@ static int poll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
     if (new_h && fcntl(new_h->fd, F_GETFD) < 0) {
         return -EBADF;
     }
-    embed_apply(ctx, old, new_h);
+    embed_move(ctx, new_h ? new_h->fd : old->fd, new_h,
+               old ? old->events : 0, new_h ? new_h->events : 0);
     return 0;
 }
 
@@ -138,7 +145,7 @@ static bool embed_fill(spindle_ctx *ctx)
         if (!h->events || h->stale || sp_embed_keeps_out(ctx, h)) {
             continue;
         }
-        int r = sp_fdmon_epoll_apply(ctx, NULL, h);
+        int r = sp_fdmon_epoll_apply(ctx, h->fd, h, 0, h->events);
         complete &= r == 0 || r == -EBADF;
     }
     return complete;

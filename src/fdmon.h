@@ -75,5 +75,9 @@ bool sp_fdmon_epoll_enable(spindle_ctx *ctx);
  * 0, or a negative errno from epoll_ctl. Handler lock held. */
 int sp_fdmon_epoll_apply(spindle_ctx *ctx, int fd, sp_handler *h, int was,
                          int now);
+/* The poll monitor has no set_events(), but an embedded context on poll
+ * keeps an epoll set for its host: an interest change goes there (handler
+ * lock held, before h->events takes the new value). */
+void sp_fdmon_poll_embed_events(spindle_ctx *ctx, sp_handler *h, int events);
 
 #endif

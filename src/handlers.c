@@ -374,6 +374,8 @@ void sp_interest_apply(spindle_ctx *ctx)
             if (mon->set_events) {
                 mon->set_events(ctx, h, h->interest);
                 SP_STAT_INC(ctx, interest_updates);
+            } else {
+                sp_fdmon_poll_embed_events(ctx, h, h->interest);
             }
             h->events = h->interest;
         }

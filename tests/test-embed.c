@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -322,6 +323,65 @@ static void host_loses_no_cross_thread_wakeup(void **state)
     spindle_bh_delete(pp.bh);
 }
 
+/* An interest change made by a callback during dispatch must reach the
+ * kernel before the host sleeps again: the host is woken by the fd
+ * becoming writable, on epoll and on the poll fallback alike. */
+struct toggler {
+    spindle_ctx *ctx;
+    int fd;
+    unsigned reads, writes;
+};
+
+static void toggle_read_cb(void *opaque)
+{
+    struct toggler *t = opaque;
+    char buf[16];
+    while (read(t->fd, buf, sizeof(buf)) > 0) {
+    }
+    t->reads++;
+    spindle_set_fd_interest(t->ctx, t->fd, true, true);
+}
+
+static void toggle_write_cb(void *opaque)
+{
+    struct toggler *t = opaque;
+    t->writes++;
+    spindle_set_fd_interest(t->ctx, t->fd, true, false);
+}
+
+static void interest_changed_in_dispatch_reaches_the_host(host *h)
+{
+    int sp[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |
+                                SOCK_CLOEXEC, 0, sp), 0);
+    struct toggler t = { .ctx = h->ctx, .fd = sp[0] };
+    assert_int_equal(spindle_set_fd_handler(h->ctx, sp[0], false,
+                                            toggle_read_cb, toggle_write_cb,
+                                            NULL, &t), 0);
+    assert_int_equal(spindle_set_fd_interest(h->ctx, sp[0], true, false), 0);
+    harness_drain(h->ctx);
+    assert_int_equal(t.writes, 0);
+    /* A byte: io_read turns write interest on; only the host's fd becoming
+     * readable (the socket is writable) can then end a sleep with no
+     * limit. */
+    assert_int_equal(write(sp[1], "x", 1), 1);
+    for (int i = 0; t.writes == 0; i++) {
+        assert_true(i < 10);
+        host_iteration(h);
+    }
+    assert_int_equal(t.reads, 1);
+    assert_int_equal(t.writes, 1);
+    assert_int_equal(spindle_set_fd_handler(h->ctx, sp[0], false, NULL, NULL,
+                                            NULL, NULL), 0);
+    close(sp[0]);
+    close(sp[1]);
+}
+
+static void interest_change_in_dispatch_wakes_the_host(void **state)
+{
+    interest_changed_in_dispatch_reaches_the_host(*state);
+}
+
 /* ------------------------------------------------------------------------
  * Busy polling is off
  */
@@ -395,8 +455,10 @@ static void host_is_served_after_epoll_gave_up(void **state)
     assert_true(host_iteration(h));
     assert_int_equal(pipe_reads, 1);
 
-    /* Cross-thread wake-ups still end the sleep. */
+    /* Cross-thread wake-ups still end the sleep, and interest changes
+     * reach the set kept for the host. */
     wake_the_host_from_another_thread(h, false);
+    interest_changed_in_dispatch_reaches_the_host(h);
 
     /* And an idle host sleeps until its timer: no spinning. */
     bool fired = false;
@@ -560,6 +622,7 @@ int main(void)
         HOST_TEST(bh_scheduled_from_another_thread_wakes_the_host),
         HOST_TEST(notify_from_another_thread_wakes_the_host),
         HOST_TEST(host_loses_no_cross_thread_wakeup),
+        HOST_TEST(interest_change_in_dispatch_wakes_the_host),
         HOST_TEST(dispatch_calls_each_io_poll_once),
         HOST_TEST(host_is_served_after_epoll_gave_up),
         TEST(context_that_fell_back_to_poll_is_embedded_afresh),

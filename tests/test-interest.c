@@ -105,7 +105,7 @@ static void send_bytes(fixture *f)
 static void run_iterations(spindle_ctx *ctx, unsigned n)
 {
     for (unsigned i = 0; i < n; i++) {
-        spindle_poll(ctx, false);
+        harness_poll(ctx, false);
     }
 }
 
@@ -252,7 +252,7 @@ static void hangup_with_read_interest_off_runs_io_write(void **state)
                      0);
     close(p[1]);
     for (unsigned i = 0; i < 10 && !o.writes; i++) {
-        spindle_poll(f->ctx, true);
+        harness_poll(f->ctx, true);
     }
     assert_int_equal(o.writes, 1);
     assert_int_equal(o.reads, 0);
@@ -283,7 +283,7 @@ static void change_made_in_a_callback_reaches_a_nested_wait(void **state)
     assert_int_equal(spindle_set_fd_interest(f->ctx, f->end[0], true, false),
                      0);
     send_bytes(f);
-    spindle_poll(f->ctx, true);
+    harness_poll(f->ctx, true);
     assert_int_equal(f->reads, 1);
     assert_true(f->writes >= 1);
 }
