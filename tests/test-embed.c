@@ -361,6 +361,10 @@ static void interest_changed_in_dispatch_reaches_the_host(host *h)
     assert_int_equal(spindle_set_fd_interest(h->ctx, sp[0], true, false), 0);
     harness_drain(h->ctx);
     assert_int_equal(t.writes, 0);
+    /* Writable, but with no write interest: the host sleeps. */
+    assert_int_equal(spindle_prepare(h->ctx), -1);
+    assert_false(fd_readable(h->fd));
+    assert_false(spindle_check(h->ctx, false));
     /* A byte: io_read turns write interest on; only the host's fd becoming
      * readable (the socket is writable) can then end a sleep with no
      * limit. */
