@@ -70,7 +70,8 @@ DEPS_SCRIPT := $(TOP)/scripts/install-deps.sh
 #   CONF_NAME   options for its first `meson setup`
 #   TESTS_NAME  options that its `make check` part adds (turns the cmocka
 #               tests on, for a directory that `make` may have configured
-#               while cmocka was missing)
+#               while cmocka was missing, and libspindle-glib with its test,
+#               so that a missing GLib fails rather than skips)
 #   SUITES_NAME what `meson test` runs in it for `make check` (empty: all)
 #   ENV_NAME    environment (and wrapper) for its tests
 #   DESC_NAME   one line for the summary
@@ -82,7 +83,7 @@ CHECK_PARTS := default asan tsan pipe fault valgrind
 
 DIR_default := build
 CONF_default = --prefix=$(PREFIX) $(if $(BUILDTYPE),-Dbuildtype=$(BUILDTYPE))
-TESTS_default := -Dtests=enabled
+TESTS_default := -Dtests=enabled -Dglib=enabled
 SUITES_default :=
 ENV_default :=
 DESC_default := default build: every suite (unit per back-end, concurrency, example, syscalls, spin)
@@ -100,7 +101,7 @@ TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(SAN_WATCHDOG) 
 
 DIR_asan := build-asan
 CONF_asan := -Db_sanitize=address,undefined -Db_lundef=false
-TESTS_asan := -Dtests=enabled
+TESTS_asan := -Dtests=enabled -Dglib=enabled
 SUITES_asan := --suite unit --suite concurrency --suite example
 ENV_asan = $(ASAN_ENV)
 DESC_asan := ASan+UBSan: suites unit, concurrency, example
@@ -114,7 +115,7 @@ DESC_tsan := ThreadSanitizer: suite concurrency
 
 DIR_pipe := build-pipe
 CONF_pipe := -Deventfd=false
-TESTS_pipe := -Dtests=enabled
+TESTS_pipe := -Dtests=enabled -Dglib=enabled
 SUITES_pipe := --suite unit
 ENV_pipe :=
 DESC_pipe := -Deventfd=false (pipe notifiers): suite unit
