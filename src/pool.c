@@ -104,14 +104,24 @@ struct sp_pool {
     sp_worker *exited;         /* left, not joined yet */
     bool stopping;
 
-    /* Completion side. */
+    /* The three groups of fields are written by different threads at
+     * different times: 64 bytes between them keep them off each other's
+     * cache lines, so that a worker's push does not take the line that a
+     * submitter is locking, nor the loop's private fields. */
+    char pad1[64];
+
+    /* Completion side: workers and the loop. */
     _Atomic(spindle_work *) done_stack; /* finished, newest first */
     atomic_uint delivering; /* nesting depth of deliveries (loop writes) */
-    spindle_work *pending, *pending_tail; /* loop: taken, not delivered */
-    spindle_work *loop_free;  /* loop: recycled, for loop-thread submits */
+    atomic_bool rung;         /* doorbell written, not yet drained */
+
+    char pad2[64];
+
+    /* The loop's own. */
+    spindle_work *pending, *pending_tail; /* taken, not delivered */
+    spindle_work *loop_free;  /* recycled, for loop-thread submits */
     unsigned loop_nfree;
     struct spindle_notifier doorbell;
-    atomic_bool rung;         /* doorbell written, not yet drained */
     spindle_bh *bh;
 };
 
