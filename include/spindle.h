@@ -395,6 +395,7 @@ SPINDLE_API spindle_timer *spindle_timer_new(spindle_ctx *ctx,
  * the order they were armed. Wakes the loop if the earliest deadline moved
  * earlier. Any thread; never allocates; O(log t). NULL is ignored. */
 SPINDLE_API void spindle_timer_mod(spindle_timer *t, int64_t expire_ns);
+SPINDLE_API void spindle_timer_mod_in(spindle_timer *t, int64_t delta_ns);
 /* Like spindle_timer_mod, but only ever moves the deadline earlier: a timer
  * armed for an earlier time is left alone; a disarmed one is armed. */
 SPINDLE_API void spindle_timer_mod_anticipate(spindle_timer *t,

@@ -135,14 +135,31 @@ bool sp_loop_enter(spindle_ctx *ctx)
         return false;
     }
     ctx->depth = 1;
+    /* Callbacks on this thread then arm timers without a lock (timer.c). */
+    sp_timers_claim(ctx);
     return true;
 }
 
 void sp_loop_leave(spindle_ctx *ctx)
 {
     if (--ctx->depth == 0) {
+        sp_timers_release(ctx);
         atomic_store_explicit(&ctx->owner, 0, memory_order_release);
     }
+}
+
+int64_t sp_compute_timeout(spindle_ctx *ctx, bool exact)
+{
+    enum sp_bh_state bh = sp_bh_scan(ctx);
+    if (bh == SP_BH_BUSY) {
+        return 0;
+    }
+    int64_t timeout = sp_timers_timeout(ctx, exact);
+    if (bh == SP_BH_IDLE_ONLY &&
+        (timeout < 0 || timeout > SP_IDLE_BH_TIMEOUT_NS)) {
+        timeout = SP_IDLE_BH_TIMEOUT_NS;
+    }
+    return timeout;
 }
 
 bool spindle_poll(spindle_ctx *ctx, bool blocking)
@@ -169,7 +186,7 @@ bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain)
     sp_walk_begin(ctx);
 
     /* 1. How long may this iteration sleep? (bh.c, timer.c) */
-    int64_t timeout = blocking ? spindle_compute_timeout(ctx) : 0;
+    int64_t timeout = blocking ? sp_compute_timeout(ctx, false) : 0;
 
     /* Only iterations that may wait teach the window: not the non-blocking
      * ones, nor blocking ones with work already due, which would only
@@ -246,16 +263,7 @@ int64_t spindle_compute_timeout(spindle_ctx *ctx)
     if (!ctx) {
         return -EINVAL;
     }
-    enum sp_bh_state bh = sp_bh_scan(ctx);
-    if (bh == SP_BH_BUSY) {
-        return 0;
-    }
-    int64_t timeout = sp_timers_timeout(ctx);
-    if (bh == SP_BH_IDLE_ONLY &&
-        (timeout < 0 || timeout > SP_IDLE_BH_TIMEOUT_NS)) {
-        timeout = SP_IDLE_BH_TIMEOUT_NS;
-    }
-    return timeout;
+    return sp_compute_timeout(ctx, true);
 }
 
 const char *spindle_backend_name(const spindle_ctx *ctx)

@@ -20,6 +20,7 @@
 #include "fdmon.h"
 #include "list.h"
 #include "lockcnt.h"
+#include "timer-wheel.h"
 
 #define SP_EPOLL_THRESHOLD 64           /* user fds before AUTO picks epoll */
 #define SP_POLL_MAX_NS_DEFAULT 32768
@@ -176,31 +177,34 @@ spindle_bh *sp_bh_new_detached(spindle_ctx *ctx, spindle_io_fn *cb,
 bool sp_bh_poll(spindle_ctx *ctx);
 void sp_bh_destroy_all(spindle_ctx *ctx);
 
-/* ---- timer.c */
+/* ---- timer.c, timer-wheel.c */
 
-/* A heap entry carries its key, so sifting compares entries that sit next
- * to each other instead of chasing a pointer per comparison. */
-typedef struct sp_timer_entry {
-    int64_t deadline;
-    uint32_t seq;
-    spindle_timer *timer;
-} sp_timer_entry;
+typedef struct sp_timer_slab sp_timer_slab;
 
-typedef struct sp_timer_heap {
-    sp_timer_entry *slot; /* [0, armed): 4-ary heap by (deadline, seq);
-                           * [armed, count): disarmed timers */
-    uint32_t armed;
-    uint32_t count;
-    uint32_t capacity;
-    /* The root's deadline (INT64_MAX when none is armed), readable without
-     * timer_lock so that an iteration with nothing due takes no lock. */
-    _Atomic int64_t next_deadline;
-} sp_timer_heap;
+/* One clock's timers. The wheel and the slabs belong to whoever holds the
+ * context's timers (timer.c); wake_at is read by any thread. */
+typedef struct sp_timer_clock {
+    sp_wheel wheel;
+    spindle_ctx *ctx;
+    spindle_clock clock;
+    sp_timer_slab *slabs;    /* where this clock's timers live */
+    spindle_timer *free;     /* freed timers, for the next spindle_timer_new */
+    /* The deadline the loop last computed its timeout from (INT64_MAX:
+     * none; INT64_MIN: never computed): another thread asking for an
+     * earlier one wakes it. */
+    _Atomic int64_t wake_at;
+} sp_timer_clock;
 
 int sp_timers_init(spindle_ctx *ctx);
 void sp_timers_destroy(spindle_ctx *ctx);
+/* The iteration holds the timers from sp_loop_enter to sp_loop_leave, so
+ * that its thread arms them without a lock. */
+void sp_timers_claim(spindle_ctx *ctx);
+void sp_timers_release(spindle_ctx *ctx);
 bool sp_timers_run(spindle_ctx *ctx);
-int64_t sp_timers_timeout(spindle_ctx *ctx); /* -1: none armed */
+/* ns to the earliest deadline, -1: none armed. With `exact` false it may
+ * be shorter (never longer) when that saves a scan (timer-wheel.c). */
+int64_t sp_timers_timeout(spindle_ctx *ctx, bool exact);
 
 /* ---- embed.c */
 
@@ -239,6 +243,11 @@ int sp_thread_start(pthread_t *tid, void *(*fn)(void *), void *arg,
                     const char *name);
 
 /* ---- the context (ctx.c) */
+
+/* spindle_compute_timeout(). For the loop's own wait (`exact` false), the
+ * timers may answer early, never late, rather than scan a bucket of far
+ * timers on every iteration (timer-wheel.c). */
+int64_t sp_compute_timeout(spindle_ctx *ctx, bool exact);
 
 /* One thread at a time runs the iteration; the same thread may nest.
  * false: another thread is inside it. */
@@ -311,10 +320,15 @@ struct spindle_ctx {
     sp_bh_slice *bh_slices;         /* loop thread: batches being run */
     spindle_bh *bh_all;             /* loop thread: every non-oneshot BH */
 
-    /* Timers (timer.c), under timer_lock. */
-    pthread_mutex_t timer_lock;
-    sp_timer_heap timers[2];
+    /* Timers (timer.c). The clocks and timer_seq belong to whoever holds
+     * timers_busy: the thread running the iteration, or a thread that
+     * takes it for one call while none runs. Other threads queue their
+     * requests on timer_queue (a stack of timers, linked by qnext). */
+    atomic_bool timers_busy;
     uint32_t timer_seq;
+    _Atomic(spindle_timer *) timer_queue;
+    _Atomic uint32_t timer_tickets;
+    sp_timer_clock timers[2];
 
     /* Embedding in a host loop (embed.c). */
     sp_embed embed;

@@ -177,7 +177,7 @@ int64_t spindle_prepare(spindle_ctx *ctx)
      * last dispatch, say) reach the kernel now, before the host sleeps, as
      * they do before spindle_poll()'s wait. */
     sp_interest_apply(ctx);
-    timeout = found ? 0 : spindle_compute_timeout(ctx);
+    timeout = found ? 0 : sp_compute_timeout(ctx, false);
     if (timeout &&
         atomic_load_explicit(&ctx->embed.incomplete, memory_order_relaxed) &&
         (timeout < 0 || timeout > SP_EMBED_RESCAN_NS)) {
@@ -206,7 +206,8 @@ bool spindle_check(spindle_ctx *ctx, bool fd_readable)
                 atomic_load_explicit(&ctx->embed.incomplete,
                                      memory_order_relaxed) ||
                 atomic_load_explicit(&ctx->notified, memory_order_relaxed) ||
-                sp_bh_scan(ctx) != SP_BH_NONE || sp_timers_timeout(ctx) == 0;
+                sp_bh_scan(ctx) != SP_BH_NONE ||
+                sp_timers_timeout(ctx, false) == 0;
     sp_loop_leave(ctx);
     return work;
 }

@@ -50,6 +50,15 @@ static inline void *sp_realloc(void *p, size_t size)
     return realloc(p, size);
 }
 
+static inline void *sp_aligned_alloc(size_t align, size_t size)
+{
+    if (sp_fault_fails(SPINDLE_FAULT_ALLOC)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return aligned_alloc(align, size);
+}
+
 /* Call right before creating an fd: true (errno EMFILE) means "fail as if
  * the fd table were full". */
 static inline bool sp_fault_fd(void)

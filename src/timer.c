@@ -1,156 +1,308 @@
-/* Timers: one 4-ary heap per clock, ordered by (deadline, arm sequence).
+/* Timers: the public calls, which thread may touch the wheels, and the
+ * requests of the others.
  * SPDX-License-Identifier: MIT
  *
- * Every timer of a clock owns one entry of that clock's array, reserved
- * when it is created, so arming and disarming never allocate. The array
- * keeps the armed timers as a heap at its front and the disarmed ones
- * behind it; arming moves a timer across the boundary and sifts it,
- * disarming moves it back: O(log t) either way, and each timer knows its
- * slot. Entries hold their key (deadline, sequence), and the heap is 4-ary:
- * with a million timers a binary heap of pointers spent most of its time in
- * cache misses, one per level and comparison; here a level is one or two
- * cache lines and there are half as many levels.
+ * Each clock has a wheel (timer-wheel.c) that orders its armed timers.
+ * The wheels, the slabs the timers live in and the sequence counter belong
+ * to whoever holds the context's `timers_busy` flag:
+ *   - the thread running the iteration takes it in loop_enter and keeps it
+ *     to loop_leave, so a callback that arms, re-arms or disarms a timer
+ *     (the common case: a timeout re-armed on every read) touches the wheel
+ *     directly, with no lock and no atomic read-modify-write;
+ *   - any other thread takes it with one compare-and-swap when no
+ *     iteration runs, for the length of one call;
+ *   - a thread that cannot take it (an iteration runs elsewhere) does not
+ *     wait: spindle_timer_mod/mod_anticipate/del store the new deadline in
+ *     the timer's `expire` and queue the timer on the context's request
+ *     stack (lock-free, linked through the timer itself, so nothing is
+ *     allocated), then wake the loop if the deadline is earlier than the
+ *     one it sleeps towards (`wake_at`). The holder drains the stack before
+ *     its own changes, before each timeout computation and before each run
+ *     of timers, applying every queued timer's latest request.
+ * Requests coalesce: a timer is queued at most once, and the drain applies
+ * what its `expire` says then. Each request takes a ticket from a counter,
+ * and a drained batch gets sequence numbers in ticket order, so that equal
+ * deadlines still fire in the order they were asked for even when a timer
+ * was asked for again while queued (it keeps its place on the stack).
  *
- * Equal deadlines fire in arming order thanks to the sequence number taken
- * when a timer is armed (compared modulo 2^32). The same number keeps a run
- * from being trapped: a run fires only due timers armed before it started,
- * so a callback that re-arms its timer in the past sees it fire in the next
- * iteration. Such a timer may sit at the root and hide due timers behind
- * it; due entries always form the top of the heap, so the run then
- * searches that top part for the earliest one it may fire (find_due).
+ * `expire` is what pending/expire_ns report: the latest request, from any
+ * thread. The wheel orders timers by `key`, the deadline it placed them by,
+ * which only the holder writes. A run fires a timer with a compare-and-swap
+ * of `expire` from its key to -1: if another thread asked for something
+ * else in between, the swap fails and the queued request decides instead.
  *
- * Timers may be armed and disarmed from any thread, so the heaps sit under
- * timer_lock; callbacks run without it. The deadline is also kept in an
- * atomic in the timer so that pending/expire_ns need no lock, and the
- * root's deadline in the heap so that an iteration with nothing due takes
- * no lock either.
+ * Memory: a timer is one cache line in a slab of 63 that belongs to its
+ * clock (the slab header, found by aligning the timer's address down, says
+ * which). Freed timers go on the clock's free list for the next
+ * spindle_timer_new; slabs are released with the context. Under
+ * AddressSanitizer and valgrind a freed timer is marked inaccessible, so a
+ * use after free is still reported.
  */
 #include "ctx.h"
 
 #include <errno.h>
+#include <sched.h>
+#include <stddef.h>
 #include <stdlib.h>
 
-struct spindle_timer {
-    spindle_ctx *ctx;
-    spindle_io_fn *cb;
-    void *opaque;
-    _Atomic int64_t expire; /* -1 while disarmed */
-    uint32_t slot;          /* timer_lock */
-    spindle_clock clock;
+#if defined(__SANITIZE_ADDRESS__)
+#define SP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SP_ASAN 1
+#endif
+#endif
+#ifdef SP_ASAN
+#include <sanitizer/asan_interface.h>
+#else
+#define ASAN_POISON_MEMORY_REGION(a, n) ((void)(a), (void)(n))
+#define ASAN_UNPOISON_MEMORY_REGION(a, n) ((void)(a), (void)(n))
+#endif
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define SP_VALGRIND 1
+#endif
+#endif
+#ifndef SP_VALGRIND
+#define VALGRIND_MAKE_MEM_NOACCESS(a, n) ((void)(a), (void)(n))
+#define VALGRIND_MAKE_MEM_UNDEFINED(a, n) ((void)(a), (void)(n))
+#endif
+
+#define SLAB_BYTES 4096
+
+struct sp_timer_slab {
+    sp_timer_clock *clock;
+    sp_timer_slab *next;
+    spindle_timer timers[] __attribute__((aligned(64)));
 };
 
-#define ARITY 4
+#define SLAB_TIMERS \
+    ((SLAB_BYTES - offsetof(sp_timer_slab, timers)) / sizeof(spindle_timer))
 
-static bool earlier(const sp_timer_entry *a, const sp_timer_entry *b)
+_Static_assert(sizeof(spindle_timer) == 64, "a timer is one cache line");
+
+static sp_timer_clock *clock_of(const spindle_timer *t)
 {
-    if (a->deadline != b->deadline) {
-        return a->deadline < b->deadline;
-    }
-    return (int32_t)(a->seq - b->seq) < 0;
+    uintptr_t slab = (uintptr_t)t & ~(uintptr_t)(SLAB_BYTES - 1);
+    return ((const sp_timer_slab *)slab)->clock;
 }
 
-static void put(sp_timer_heap *hp, uint32_t i, sp_timer_entry e)
+/* A free timer keeps only its `next` (the free list) readable. */
+static void mark_free(spindle_timer *t)
 {
-    hp->slot[i] = e;
-    e.timer->slot = i;
-    /* Only the root of a non-empty heap is the next deadline; slot 0 is
-     * also written while the heap is empty, as a disarmed timer's home. */
-    if (i == 0 && hp->armed) {
-        atomic_store_explicit(&hp->next_deadline, e.deadline,
-                              memory_order_relaxed);
-    }
+    char *rest = (char *)t + sizeof(t->next);
+    ASAN_POISON_MEMORY_REGION(rest, sizeof(*t) - sizeof(t->next));
+    VALGRIND_MAKE_MEM_NOACCESS(rest, sizeof(*t) - sizeof(t->next));
 }
 
-static void sift_up(sp_timer_heap *hp, uint32_t i)
+static void mark_used(spindle_timer *t)
 {
-    sp_timer_entry e = hp->slot[i];
-    while (i > 0) {
-        uint32_t parent = (i - 1) / ARITY;
-        if (!earlier(&e, &hp->slot[parent])) {
-            break;
-        }
-        put(hp, i, hp->slot[parent]);
-        i = parent;
-    }
-    put(hp, i, e);
+    ASAN_UNPOISON_MEMORY_REGION(t, sizeof(*t));
+    VALGRIND_MAKE_MEM_UNDEFINED(t, sizeof(*t));
 }
 
-static void sift_down(sp_timer_heap *hp, uint32_t i)
-{
-    sp_timer_entry e = hp->slot[i];
-    for (;;) {
-        uint32_t first = ARITY * i + 1;
-        if (first >= hp->armed) {
-            break;
-        }
-        uint32_t end = first + ARITY < hp->armed ? first + ARITY : hp->armed;
-        uint32_t best = first;
-        for (uint32_t c = first + 1; c < end; c++) {
-            if (earlier(&hp->slot[c], &hp->slot[best])) {
-                best = c;
-            }
-        }
-        if (!earlier(&hp->slot[best], &e)) {
-            break;
-        }
-        put(hp, i, hp->slot[best]);
-        i = best;
-    }
-    put(hp, i, e);
-}
+/* ------------------------------------------------------------------------
+ * Holding the timers
+ */
 
-static void swap_slots(sp_timer_heap *hp, uint32_t a, uint32_t b)
-{
-    sp_timer_entry ea = hp->slot[a];
-    put(hp, a, hp->slot[b]);
-    put(hp, b, ea);
-}
+enum hold { HELD_BY_ITERATION, HELD_NOW, NOT_HELD };
 
-static bool is_armed(const sp_timer_heap *hp, const spindle_timer *t)
+static void backoff(unsigned spins)
 {
-    return t->slot < hp->armed;
-}
-
-/* timer_lock held, t armed. Moves t to the first disarmed slot. */
-static void heap_remove(sp_timer_heap *hp, spindle_timer *t)
-{
-    uint32_t i = t->slot, last = hp->armed - 1;
-    swap_slots(hp, i, last);
-    hp->armed--;
-    if (i < hp->armed) {
-        /* The entry moved into the hole may belong above or below it. */
-        if (i > 0 && earlier(&hp->slot[i], &hp->slot[(i - 1) / ARITY])) {
-            sift_up(hp, i);
-        } else {
-            sift_down(hp, i);
-        }
-    }
-    if (!hp->armed) {
-        atomic_store_explicit(&hp->next_deadline, INT64_MAX,
-                              memory_order_relaxed);
-    }
-    atomic_store_explicit(&t->expire, -1, memory_order_relaxed);
-}
-
-/* timer_lock held. Returns whether t is now the earliest of its clock. */
-static bool heap_arm(spindle_ctx *ctx, spindle_timer *t, int64_t deadline)
-{
-    sp_timer_heap *hp = &ctx->timers[t->clock];
-    atomic_store_explicit(&t->expire, deadline, memory_order_relaxed);
-    if (!is_armed(hp, t)) {
-        swap_slots(hp, t->slot, hp->armed);
-        hp->armed++;
-    }
-    uint32_t i = t->slot;
-    hp->slot[i].deadline = deadline;
-    hp->slot[i].seq = ctx->timer_seq++;
-    if (i > 0 && earlier(&hp->slot[i], &hp->slot[(i - 1) / ARITY])) {
-        sift_up(hp, i);
+    if (spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
     } else {
-        sift_down(hp, i);
+        sched_yield();
     }
-    return t->slot == 0;
 }
+
+static enum hold try_hold(spindle_ctx *ctx)
+{
+    if (atomic_load_explicit(&ctx->owner, memory_order_relaxed) ==
+        sp_thread_id()) {
+        return HELD_BY_ITERATION; /* taken in sp_timers_claim() */
+    }
+    bool idle = false;
+    /* The relaxed look saves the read-modify-write while an iteration
+     * holds them. Acquire pairs with let_go()'s release: this thread sees
+     * the wheels as the last holder left them. */
+    if (!atomic_load_explicit(&ctx->timers_busy, memory_order_relaxed) &&
+        atomic_compare_exchange_strong_explicit(&ctx->timers_busy, &idle,
+                                                true, memory_order_acquire,
+                                                memory_order_relaxed)) {
+        return HELD_NOW;
+    }
+    return NOT_HELD;
+}
+
+static void let_go(spindle_ctx *ctx)
+{
+    atomic_store_explicit(&ctx->timers_busy, false, memory_order_release);
+}
+
+/* For the calls only the loop thread may make (SPEC section 1: or any
+ * thread while no iteration runs): holders other than an iteration keep
+ * them for one call. Returns whether the caller must let go. */
+static bool hold_wait(spindle_ctx *ctx)
+{
+    for (unsigned spins = 0;; spins++) {
+        enum hold h = try_hold(ctx);
+        if (h != NOT_HELD) {
+            return h == HELD_NOW;
+        }
+        if (spins == 64) {
+            /* Called while another thread's iteration runs, against the
+             * rules: end its sleep rather than wait for a wake-up. */
+            spindle_notify(ctx);
+        }
+        backoff(spins);
+    }
+}
+
+void sp_timers_claim(spindle_ctx *ctx)
+{
+    bool idle = false;
+    for (unsigned spins = 0; !atomic_compare_exchange_weak_explicit(
+             &ctx->timers_busy, &idle, true, memory_order_acquire,
+             memory_order_relaxed);
+         spins++) {
+        /* Another thread is inside one timer call; it is short. */
+        idle = false;
+        backoff(spins);
+    }
+}
+
+void sp_timers_release(spindle_ctx *ctx)
+{
+    let_go(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Placing timers (holder only)
+ */
+
+static void place(sp_timer_clock *c, spindle_timer *t, int64_t expire,
+                  uint32_t seq)
+{
+    sp_wheel_remove(&c->wheel, t);
+    if (expire < 0) {
+        return;
+    }
+    if (!c->wheel.linked) {
+        sp_wheel_settle(&c->wheel, spindle_now_ns(c->clock));
+    }
+    t->key = expire;
+    t->seq = seq;
+    sp_wheel_insert(&c->wheel, t);
+}
+
+/* ------------------------------------------------------------------------
+ * Requests from threads that do not hold the timers
+ */
+
+/* The bottom of the request stack, and the mark of a timer being pushed:
+ * a queued timer's qnext is never NULL. */
+#define QUEUE_END ((spindle_timer *)(uintptr_t)1)
+#define QUEUE_CLAIMED ((spindle_timer *)(uintptr_t)2)
+
+static void request(spindle_ctx *ctx, sp_timer_clock *c, spindle_timer *t,
+                    int64_t expire, bool anticipate)
+{
+    /* seq_cst, as is the claim of qnext below: with drain()'s clearing of
+     * qnext and its load of expire, a Dekker pair. Either this call finds
+     * the timer no longer queued and queues it again, or the drain that
+     * dequeued it reads this deadline. */
+    if (anticipate) {
+        int64_t cur = atomic_load_explicit(&t->expire, memory_order_relaxed);
+        do {
+            if (cur >= 0 && cur <= expire) {
+                return;
+            }
+        } while (!atomic_compare_exchange_weak_explicit(
+            &t->expire, &cur, expire, memory_order_seq_cst,
+            memory_order_relaxed));
+    } else {
+        atomic_store_explicit(&t->expire, expire, memory_order_seq_cst);
+    }
+    atomic_store_explicit(&t->ticket,
+                          atomic_fetch_add_explicit(&ctx->timer_tickets, 1,
+                                                    memory_order_relaxed),
+                          memory_order_relaxed);
+
+    spindle_timer *none = NULL;
+    if (atomic_compare_exchange_strong_explicit(&t->qnext, &none,
+                                                QUEUE_CLAIMED,
+                                                memory_order_seq_cst,
+                                                memory_order_relaxed)) {
+        spindle_timer *head = atomic_load_explicit(&ctx->timer_queue,
+                                                   memory_order_relaxed);
+        do {
+            atomic_store_explicit(&t->qnext, head, memory_order_relaxed);
+            /* Release: the drain's acquiring exchange sees qnext. seq_cst:
+             * with the load of wake_at below and the loop's store of
+             * wake_at then load of the stack in sp_timers_timeout(), a
+             * Dekker pair: either the loop sees this timer queued and does
+             * not sleep, or this thread sees the deadline it sleeps to. */
+        } while (!atomic_compare_exchange_weak_explicit(
+            &ctx->timer_queue, &head, t, memory_order_seq_cst,
+            memory_order_relaxed));
+    }
+    if (expire >= 0 &&
+        expire < atomic_load_explicit(&c->wake_at, memory_order_seq_cst)) {
+        spindle_notify(ctx);
+    }
+}
+
+static uint32_t ticket_of(spindle_timer *t)
+{
+    return atomic_load_explicit(&t->ticket, memory_order_relaxed);
+}
+
+static spindle_timer *qnext_of(spindle_timer *t)
+{
+    return atomic_load_explicit(&t->qnext, memory_order_relaxed);
+}
+
+/* Apply every queued request. Holder only. */
+static void drain(spindle_ctx *ctx)
+{
+    if (atomic_load_explicit(&ctx->timer_queue, memory_order_relaxed) ==
+        QUEUE_END) {
+        return;
+    }
+    /* Acquire pairs with the pushes' release. */
+    spindle_timer *list = atomic_exchange_explicit(
+        &ctx->timer_queue, QUEUE_END, memory_order_acquire);
+
+    /* Sequence numbers in ticket order (modulo 2^32): the batch's tickets
+     * span [lo, lo + span]. */
+    uint32_t lo = ticket_of(list), hi = lo;
+    for (spindle_timer *t = list; t != QUEUE_END; t = qnext_of(t)) {
+        uint32_t k = ticket_of(t);
+        lo = (int32_t)(k - lo) < 0 ? k : lo;
+        hi = (int32_t)(k - hi) > 0 ? k : hi;
+    }
+    uint32_t base = ctx->timer_seq, span = hi - lo;
+    ctx->timer_seq = base + span + 1;
+
+    for (spindle_timer *t = list, *next; t != QUEUE_END; t = next) {
+        next = qnext_of(t);
+        /* See request(). */
+        atomic_exchange_explicit(&t->qnext, NULL, memory_order_seq_cst);
+        int64_t expire = atomic_load_explicit(&t->expire,
+                                              memory_order_seq_cst);
+        /* A request made since the first pass is the newest. */
+        uint32_t off = ticket_of(t) - lo;
+        place(clock_of(t), t, expire, base + (off > span ? span : off));
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * The public calls
+ */
 
 spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
                                  spindle_io_fn *cb, void *opaque)
@@ -159,104 +311,127 @@ spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
         errno = EINVAL;
         return NULL;
     }
-    spindle_timer *t = sp_calloc(1, sizeof(*t));
-    if (!t) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    t->ctx = ctx;
-    t->cb = cb;
-    t->opaque = opaque;
-    t->clock = clock;
-    atomic_init(&t->expire, -1);
-
-    sp_timer_heap *hp = &ctx->timers[clock];
-    pthread_mutex_lock(&ctx->timer_lock);
-    if (hp->count == hp->capacity) {
-        /* 1.5x: a slot is reserved for every timer that exists, so the
-         * slack is memory each timer pays for. */
-        uint32_t cap = hp->capacity ? hp->capacity + hp->capacity / 2 : 16;
-        sp_timer_entry *slots = sp_realloc(hp->slot, sizeof(*slots) * cap);
-        if (!slots) {
-            pthread_mutex_unlock(&ctx->timer_lock);
-            free(t);
+    bool taken = hold_wait(ctx);
+    sp_timer_clock *c = &ctx->timers[clock];
+    if (!c->free) {
+        sp_timer_slab *s = sp_aligned_alloc(SLAB_BYTES, SLAB_BYTES);
+        if (!s) {
+            if (taken) {
+                let_go(ctx);
+            }
             errno = ENOMEM;
             return NULL;
         }
-        hp->slot = slots;
-        hp->capacity = cap;
+        s->clock = c;
+        s->next = c->slabs;
+        c->slabs = s;
+        for (size_t i = SLAB_TIMERS; i-- > 0;) {
+            s->timers[i].next = c->free;
+            c->free = &s->timers[i];
+            mark_free(&s->timers[i]);
+        }
     }
-    put(hp, hp->count++, (sp_timer_entry){ .timer = t });
-    pthread_mutex_unlock(&ctx->timer_lock);
+    spindle_timer *t = c->free;
+    c->free = t->next;
+    mark_used(t);
+    t->next = NULL;
+    t->pprev = NULL;
+    t->key = -1;
+    t->seq = 0;
+    atomic_init(&t->ticket, 0);
+    atomic_init(&t->expire, -1);
+    t->cb = cb;
+    t->opaque = opaque;
+    atomic_init(&t->qnext, NULL);
+    if (taken) {
+        let_go(ctx);
+    }
     return t;
 }
 
-static void timer_arm(spindle_timer *t, int64_t expire_ns, bool anticipate)
+static void arm(spindle_timer *t, int64_t expire, bool anticipate)
 {
-    spindle_ctx *ctx = t->ctx;
+    sp_timer_clock *c = clock_of(t);
+    spindle_ctx *ctx = c->ctx;
     /* Negative values mean "disarmed" to pending/expire_ns; the clocks
      * never read below 0, so such a deadline is simply due. */
-    if (expire_ns < 0) {
-        expire_ns = 0;
+    if (expire < 0) {
+        expire = 0;
     }
-    pthread_mutex_lock(&ctx->timer_lock);
-    bool first = false;
-    sp_timer_heap *hp = &ctx->timers[t->clock];
-    if (!anticipate || !is_armed(hp, t) ||
-        expire_ns < atomic_load_explicit(&t->expire, memory_order_relaxed)) {
-        first = heap_arm(ctx, t, expire_ns);
+    enum hold h = try_hold(ctx);
+    if (h == NOT_HELD) {
+        request(ctx, c, t, expire, anticipate);
+        return;
     }
-    pthread_mutex_unlock(&ctx->timer_lock);
-    if (first) {
-        /* The loop may be sleeping towards a later deadline. */
-        sp_notify_remote(ctx);
+    drain(ctx); /* requests made before this call come first */
+    int64_t cur = atomic_load_explicit(&t->expire, memory_order_relaxed);
+    if (!anticipate || cur < 0 || expire < cur) {
+        atomic_store_explicit(&t->expire, expire, memory_order_relaxed);
+        place(c, t, expire, ctx->timer_seq++);
+    }
+    if (h == HELD_NOW) {
+        let_go(ctx);
     }
 }
 
 void spindle_timer_mod(spindle_timer *t, int64_t expire_ns)
 {
     if (t) {
-        timer_arm(t, expire_ns, false);
+        arm(t, expire_ns, false);
     }
 }
 
 void spindle_timer_mod_anticipate(spindle_timer *t, int64_t expire_ns)
 {
     if (t) {
-        timer_arm(t, expire_ns, true);
+        arm(t, expire_ns, true);
     }
 }
 
-/* Disarm t and, if `release`, give its slot up and free it. */
-static void timer_disarm(spindle_timer *t, bool release)
+void spindle_timer_mod_in(spindle_timer *t, int64_t delta_ns)
 {
-    sp_timer_heap *hp = &t->ctx->timers[t->clock];
-    pthread_mutex_lock(&t->ctx->timer_lock);
-    if (is_armed(hp, t)) {
-        heap_remove(hp, t);
+    if (!t) {
+        return;
     }
-    if (release) {
-        /* Fill the hole with the last disarmed timer. */
-        swap_slots(hp, t->slot, hp->count - 1);
-        hp->count--;
-    }
-    pthread_mutex_unlock(&t->ctx->timer_lock);
-    if (release) {
-        free(t);
-    }
+    int64_t now = spindle_now_ns(clock_of(t)->clock);
+    arm(t, delta_ns > INT64_MAX - now ? INT64_MAX : now + delta_ns, false);
 }
 
 void spindle_timer_del(spindle_timer *t)
 {
-    if (t) {
-        timer_disarm(t, false);
+    if (!t) {
+        return;
+    }
+    sp_timer_clock *c = clock_of(t);
+    spindle_ctx *ctx = c->ctx;
+    enum hold h = try_hold(ctx);
+    if (h == NOT_HELD) {
+        request(ctx, c, t, -1, false);
+        return;
+    }
+    drain(ctx);
+    atomic_store_explicit(&t->expire, -1, memory_order_relaxed);
+    sp_wheel_remove(&c->wheel, t);
+    if (h == HELD_NOW) {
+        let_go(ctx);
     }
 }
 
 void spindle_timer_free(spindle_timer *t)
 {
-    if (t) {
-        timer_disarm(t, true);
+    if (!t) {
+        return;
+    }
+    sp_timer_clock *c = clock_of(t);
+    spindle_ctx *ctx = c->ctx;
+    bool taken = hold_wait(ctx);
+    drain(ctx); /* takes t off the request stack, if it is on it */
+    sp_wheel_remove(&c->wheel, t);
+    t->next = c->free;
+    c->free = t;
+    mark_free(t);
+    if (taken) {
+        let_go(ctx);
     }
 }
 
@@ -270,109 +445,104 @@ int64_t spindle_timer_expire_ns(const spindle_timer *t)
     return t ? atomic_load_explicit(&t->expire, memory_order_relaxed) : -1;
 }
 
-#define NO_SLOT UINT32_MAX
-
-/* The earliest entry in the subtree at i that is due by `now` and was armed
- * before run_seq, or `best` if none is earlier. Due entries form the top of
- * the heap, and nothing below an entry is earlier than it, so the search
- * stops at entries not due and at the first fireable one on each path. */
-static uint32_t find_due(const sp_timer_heap *hp, uint32_t i, int64_t now,
-                         uint32_t run_seq, uint32_t best)
-{
-    if (i >= hp->armed || hp->slot[i].deadline > now) {
-        return best;
-    }
-    if ((int32_t)(hp->slot[i].seq - run_seq) < 0) {
-        return best == NO_SLOT || earlier(&hp->slot[i], &hp->slot[best])
-                   ? i : best;
-    }
-    for (uint32_t c = ARITY * i + 1; c <= ARITY * i + ARITY; c++) {
-        best = find_due(hp, c, now, run_seq, best);
-    }
-    return best;
-}
-
-static bool run_clock(spindle_ctx *ctx, spindle_clock clock)
-{
-    sp_timer_heap *hp = &ctx->timers[clock];
-    int64_t next = atomic_load_explicit(&hp->next_deadline,
-                                        memory_order_relaxed);
-    if (next == INT64_MAX) {
-        return false;
-    }
-    int64_t now = spindle_now_ns(clock);
-    if (next > now) {
-        /* A stale value only delays a timer armed by another thread, which
-         * then wakes the loop anyway (timer_arm notifies). */
-        return false;
-    }
-
-    bool progress = false;
-    pthread_mutex_lock(&ctx->timer_lock);
-    uint32_t run_seq = ctx->timer_seq;
-    while (hp->armed) {
-        uint32_t i = (int32_t)(hp->slot[0].seq - run_seq) < 0 &&
-                             hp->slot[0].deadline <= now
-                         ? 0 : find_due(hp, 0, now, run_seq, NO_SLOT);
-        if (i == NO_SLOT) {
-            break;
-        }
-        sp_timer_entry e = hp->slot[i];
-        heap_remove(hp, e.timer);
-        pthread_mutex_unlock(&ctx->timer_lock);
-        /* The timer may be re-armed or freed by its callback: not touched
-         * after this call. */
-        e.timer->cb(e.timer->opaque);
-        progress = true;
-        pthread_mutex_lock(&ctx->timer_lock);
-    }
-    pthread_mutex_unlock(&ctx->timer_lock);
-    return progress;
-}
+/* ------------------------------------------------------------------------
+ * The loop's side (ctx.c)
+ */
 
 bool sp_timers_run(spindle_ctx *ctx)
 {
-    bool progress = run_clock(ctx, SPINDLE_CLOCK_MONOTONIC);
-    progress |= run_clock(ctx, SPINDLE_CLOCK_REALTIME);
+    drain(ctx);
+    bool progress = false;
+    for (int k = SPINDLE_CLOCK_MONOTONIC; k <= SPINDLE_CLOCK_REALTIME; k++) {
+        sp_timer_clock *c = &ctx->timers[k];
+        if (!c->wheel.linked) {
+            continue;
+        }
+        int64_t outer = sp_wheel_start_run(&c->wheel,
+                                           spindle_now_ns(c->clock));
+        spindle_timer *t;
+        while ((t = sp_wheel_due(&c->wheel))) {
+            sp_wheel_remove(&c->wheel, t);
+            /* Fails if another thread asked for something else since the
+             * wheel placed it (request()): its queued request decides. */
+            int64_t key = t->key;
+            if (!atomic_compare_exchange_strong_explicit(
+                    &t->expire, &key, -1, memory_order_seq_cst,
+                    memory_order_relaxed)) {
+                continue;
+            }
+            /* The next one's user data is likely touched by its callback:
+             * fetch it while this one runs. */
+            if (c->wheel.run) {
+                __builtin_prefetch(c->wheel.run->opaque);
+            }
+            /* The timer may be re-armed or freed by its callback: not
+             * touched after this call. */
+            t->cb(t->opaque);
+            progress = true;
+        }
+        sp_wheel_end_run(&c->wheel, outer);
+    }
     return progress;
 }
 
-int64_t sp_timers_timeout(spindle_ctx *ctx)
+int64_t sp_timers_timeout(spindle_ctx *ctx, bool exact)
 {
+    bool taken = hold_wait(ctx); /* spindle_compute_timeout() */
+    drain(ctx);
     int64_t timeout = -1;
-    for (int c = SPINDLE_CLOCK_MONOTONIC; c <= SPINDLE_CLOCK_REALTIME; c++) {
-        int64_t next = atomic_load_explicit(&ctx->timers[c].next_deadline,
-                                            memory_order_relaxed);
-        if (next == INT64_MAX) {
-            continue;
+    for (int k = SPINDLE_CLOCK_MONOTONIC; k <= SPINDLE_CLOCK_REALTIME; k++) {
+        sp_timer_clock *c = &ctx->timers[k];
+        int64_t next = INT64_MAX, now = 0;
+        if (c->wheel.linked) {
+            now = spindle_now_ns(c->clock);
+            next = sp_wheel_next(&c->wheel, now, exact);
         }
-        int64_t left = next - spindle_now_ns(c);
-        if (left < 0) {
-            left = 0;
+        /* seq_cst: see request(). Unchanged, it needs no store: a request
+         * that reads it decides as it would after one. */
+        if (atomic_load_explicit(&c->wake_at, memory_order_relaxed) != next) {
+            atomic_store_explicit(&c->wake_at, next, memory_order_seq_cst);
         }
-        if (timeout < 0 || left < timeout) {
-            timeout = left;
+        if (next != INT64_MAX) {
+            int64_t left = next > now ? next - now : 0;
+            if (timeout < 0 || left < timeout) {
+                timeout = left;
+            }
         }
+    }
+    if (atomic_load_explicit(&ctx->timer_queue, memory_order_seq_cst) !=
+        QUEUE_END) {
+        timeout = 0; /* a request came in: the run (step 6) applies it */
+    }
+    if (taken) {
+        let_go(ctx);
     }
     return timeout;
 }
 
 int sp_timers_init(spindle_ctx *ctx)
 {
-    for (int c = SPINDLE_CLOCK_MONOTONIC; c <= SPINDLE_CLOCK_REALTIME; c++) {
-        atomic_init(&ctx->timers[c].next_deadline, INT64_MAX);
+    atomic_init(&ctx->timers_busy, false);
+    atomic_init(&ctx->timer_queue, QUEUE_END);
+    atomic_init(&ctx->timer_tickets, 0);
+    for (int k = SPINDLE_CLOCK_MONOTONIC; k <= SPINDLE_CLOCK_REALTIME; k++) {
+        sp_timer_clock *c = &ctx->timers[k];
+        c->ctx = ctx;
+        c->clock = (spindle_clock)k;
+        sp_wheel_init(&c->wheel);
+        atomic_init(&c->wake_at, INT64_MAX);
     }
-    return -pthread_mutex_init(&ctx->timer_lock, NULL);
+    return 0;
 }
 
 void sp_timers_destroy(spindle_ctx *ctx)
 {
-    for (int c = SPINDLE_CLOCK_MONOTONIC; c <= SPINDLE_CLOCK_REALTIME; c++) {
-        sp_timer_heap *hp = &ctx->timers[c];
-        for (uint32_t i = 0; i < hp->count; i++) {
-            free(hp->slot[i].timer);
+    for (int k = SPINDLE_CLOCK_MONOTONIC; k <= SPINDLE_CLOCK_REALTIME; k++) {
+        sp_timer_slab *s = ctx->timers[k].slabs;
+        while (s) {
+            sp_timer_slab *next = s->next;
+            free(s);
+            s = next;
         }
-        free(hp->slot);
     }
-    pthread_mutex_destroy(&ctx->timer_lock);
 }

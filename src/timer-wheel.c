@@ -1,0 +1,481 @@
+/* The timer wheel: one clock's armed timers, in the order they must fire.
+ * SPDX-License-Identifier: MIT
+ *
+ * A hierarchical timing wheel with a sorted near part, after the kernel's
+ * timer wheel (with cascades) and Netty's: arming and disarming are O(1),
+ * and a timer is touched a few times over its whole life, each time as
+ * part of a batch, instead of once per heap level on every operation.
+ *
+ * Nine levels of 64 buckets. A level-L bucket holds the timers whose keys
+ * agree with `cur` (the wheel time: where the unopened part of the wheel
+ * starts) on every bit above level L's six bits and differ from it in
+ * those: level 0 slots are 2^10 ns wide, level L slots 2^(10 + 6L) ns.
+ * Buckets are unsorted lists (push at the head); every level has a bitmap
+ * of the buckets that may be non-empty (a set bit may be stale; whoever
+ * finds its bucket empty clears it). The earliest timers are always in the
+ * first non-empty bucket of the lowest non-empty level.
+ *
+ * Timers leave the wheel in time order. When the earliest bucket is due,
+ * it is *cascaded* if above level 0: `cur` moves to its start and each of
+ * its timers is placed again relative to it, landing lower. A level-0
+ * bucket is *opened*: its timers are sorted by (key, seq) and appended to
+ * the run, a sorted list, and `cur` moves past it (a carry into the next
+ * slot of a higher level cascades that slot). Every key in the run is
+ * below `cur`, every key in the buckets at or above it, so the run's head
+ * is the earliest timer of all. Buckets are opened one at a time while
+ * firing, so the timers being sorted and fired are still in cache from
+ * the cascade that brought them down.
+ *
+ * A timer armed for a key below `cur` (in the past, or within the slot
+ * just opened) goes on the late list, which is sorted and merged into the
+ * run before the next run of timers and before each timeout computation.
+ * During a run, a timer armed for a key at or before that run's `now` goes
+ * there too, so that it waits for a later run (SPEC: a timer armed while
+ * timers run never fires in that run).
+ *
+ * Keys are the deadlines in ns of the clock; only the realtime clock can go
+ * backwards. If it goes back by more than a slot or two, every timer is
+ * placed again from the new time (O(t), once per jump), so that the late
+ * list does not fill with every timer armed until the clock catches up.
+ *
+ * Costs: insert and remove O(1). Each timer is moved once per level it
+ * descends (at most 8) and sorted once in its level-0 bucket. The timeout
+ * is exact unless the earliest timers are in a bucket above level 0 that is
+ * more than one level-1 slot away and holds more than SCAN_MAX timers; the
+ * loop then wakes at that bucket's start, at most once per level.
+ */
+#include "timer-wheel.h"
+
+#include <stddef.h>
+
+#define RES ((uint64_t)1 << SP_WHEEL_RES_BITS)
+#define SLOT_MASK ((uint64_t)SP_WHEEL_SLOTS - 1)
+/* Buckets that start within this of `now` are cascaded or opened ahead of
+ * time by a timeout computation, so that the loop sleeps to an exact
+ * deadline; it bounds how far `cur` runs ahead of the clock, hence which
+ * new timers go on the late list. One level-1 slot. */
+#define EARLY_NS ((int64_t)1 << (SP_WHEEL_RES_BITS + SP_WHEEL_SLOT_BITS))
+/* A bucket above level 0 this small is scanned for its earliest key. */
+#define SCAN_MAX 8
+#define NOT_RUNNING INT64_MIN
+
+static unsigned shift_of(unsigned level)
+{
+    return SP_WHEEL_RES_BITS + SP_WHEEL_SLOT_BITS * level;
+}
+
+static unsigned digit(uint64_t t, unsigned level)
+{
+    return (unsigned)((t >> shift_of(level)) & SLOT_MASK);
+}
+
+static bool before(const spindle_timer *a, const spindle_timer *b)
+{
+    if (a->key != b->key) {
+        return a->key < b->key;
+    }
+    /* Modulo 2^32: equal keys armed 2^31 armings apart are misordered. */
+    return (int32_t)(a->seq - b->seq) < 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Lists. pprev points at whatever points at the timer; `next` is the first
+ * field, so a pprev that is not a list head is the previous timer.
+ */
+
+_Static_assert(offsetof(spindle_timer, next) == 0, "next must come first");
+
+static void push(spindle_timer **head, spindle_timer *t)
+{
+    spindle_timer *first = *head;
+    t->next = first;
+    t->pprev = head;
+    if (first) {
+        first->pprev = &t->next;
+    }
+    *head = t;
+}
+
+static spindle_timer *run_prev(sp_wheel *w, spindle_timer *t)
+{
+    return t->pprev == &w->run ? NULL : (spindle_timer *)(void *)t->pprev;
+}
+
+/* Insert t into the run right after `pos` (NULL: at the head). */
+static void run_insert_after(sp_wheel *w, spindle_timer *pos, spindle_timer *t)
+{
+    push(pos ? &pos->next : &w->run, t);
+    if (pos == w->run_last) {
+        w->run_last = t;
+    }
+}
+
+static spindle_timer *merge(spindle_timer *a, spindle_timer *b)
+{
+    spindle_timer *head, **tail = &head;
+    while (a && b) {
+        if (before(b, a)) {
+            *tail = b;
+            tail = &b->next;
+            b = b->next;
+        } else {
+            *tail = a;
+            tail = &a->next;
+            a = a->next;
+        }
+    }
+    *tail = a ? a : b;
+    return head;
+}
+
+/* Sort a list linked by `next` (pprev is left stale): bottom-up merge sort,
+ * part[i] holding 2^i timers, as in Linux's list_sort. */
+static spindle_timer *sort(spindle_timer *list)
+{
+    if (!list || !list->next) {
+        return list;
+    }
+    spindle_timer *part[64] = { NULL };
+    unsigned top = 0;
+    while (list) {
+        spindle_timer *t = list;
+        list = list->next;
+        t->next = NULL;
+        unsigned i = 0;
+        for (; part[i]; i++) {
+            t = merge(part[i], t);
+            part[i] = NULL;
+        }
+        part[i] = t;
+        if (i > top) {
+            top = i;
+        }
+    }
+    spindle_timer *out = NULL;
+    for (unsigned i = 0; i <= top; i++) {
+        if (part[i]) {
+            out = out ? merge(part[i], out) : part[i];
+        }
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------------
+ * Placing and moving timers
+ */
+
+static void place(sp_wheel *w, spindle_timer *t)
+{
+    uint64_t key = (uint64_t)t->key, cur = (uint64_t)w->cur;
+    if (key < cur) {
+        push(&w->late, t);
+        return;
+    }
+    uint64_t x = (key ^ cur) >> SP_WHEEL_RES_BITS;
+    unsigned level = x ? (63u - (unsigned)__builtin_clzll(x)) /
+                             SP_WHEEL_SLOT_BITS
+                       : 0;
+    unsigned d = digit(key, level);
+    push(&w->slot[level][d], t);
+    w->nonempty[level] |= (uint64_t)1 << d;
+}
+
+static spindle_timer *take_bucket(sp_wheel *w, unsigned level, unsigned d)
+{
+    spindle_timer *list = w->slot[level][d];
+    w->slot[level][d] = NULL;
+    w->nonempty[level] &= ~((uint64_t)1 << d);
+    return list;
+}
+
+static void place_all(sp_wheel *w, spindle_timer *list)
+{
+    while (list) {
+        spindle_timer *next = list->next;
+        place(w, list);
+        list = next;
+    }
+}
+
+/* Move the wheel time forward to `cur`. If that carries into the next slot
+ * of a higher level, that slot's timers now agree with `cur` on its digit:
+ * they belong lower, so it is cascaded. (The levels below it are empty: the
+ * wheel time never passes a timer.) */
+static void set_cur(sp_wheel *w, uint64_t cur)
+{
+    uint64_t changed = ((uint64_t)w->cur ^ cur) >>
+                       (SP_WHEEL_RES_BITS + SP_WHEEL_SLOT_BITS);
+    w->cur = (int64_t)cur;
+    if (changed) {
+        unsigned level = 1 + (63u - (unsigned)__builtin_clzll(changed)) /
+                                 SP_WHEEL_SLOT_BITS;
+        if (level < SP_WHEEL_LEVELS) {
+            place_all(w, take_bucket(w, level, digit(cur, level)));
+        }
+    }
+}
+
+/* The first non-empty bucket: at level 0 from cur's slot on, above it after
+ * cur's slot (cur's own slot there is always empty). */
+static bool earliest(sp_wheel *w, unsigned *level, unsigned *d)
+{
+    for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
+        uint64_t bits = w->nonempty[l];
+        if (!bits) {
+            continue;
+        }
+        unsigned from = digit((uint64_t)w->cur, l) + (l > 0);
+        bits = from >= SP_WHEEL_SLOTS ? 0 : bits & (~(uint64_t)0 << from);
+        while (bits) {
+            unsigned i = (unsigned)__builtin_ctzll(bits);
+            if (w->slot[l][i]) {
+                *level = l;
+                *d = i;
+                return true;
+            }
+            w->nonempty[l] &= ~((uint64_t)1 << i);
+            bits &= bits - 1;
+        }
+    }
+    return false;
+}
+
+static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
+{
+    unsigned s = shift_of(level), above = s + SP_WHEEL_SLOT_BITS;
+    uint64_t high = above >= 64 ? 0 : ((uint64_t)w->cur >> above) << above;
+    return high | ((uint64_t)d << s);
+}
+
+/* Cascade the bucket, or open it if at level 0. */
+static void step(sp_wheel *w, unsigned level, unsigned d)
+{
+    uint64_t start = bucket_start(w, level, d);
+    spindle_timer *list = take_bucket(w, level, d);
+    if (level > 0) {
+        /* The levels below are empty, so nothing is passed over. */
+        w->cur = (int64_t)start;
+        place_all(w, list);
+        return;
+    }
+    set_cur(w, start + RES);
+    list = sort(list);
+    spindle_timer **pp = w->run_last ? &w->run_last->next : &w->run;
+    *pp = list;
+    for (spindle_timer *t = list; t; t = t->next) {
+        t->pprev = pp;
+        pp = &t->next;
+        w->run_last = t;
+    }
+}
+
+/* Cascade or open the earliest bucket if it starts at or before `limit`.
+ * Returns false when there is no such bucket. */
+static bool advance(sp_wheel *w, int64_t limit)
+{
+    unsigned level, d;
+    if (!earliest(w, &level, &d) || limit < 0 ||
+        bucket_start(w, level, d) > (uint64_t)limit) {
+        return false;
+    }
+    step(w, level, d);
+    return true;
+}
+
+/* Sort the late list into the run. The run's tail is where new timers
+ * usually go (their keys are near now), so the walk starts there. */
+static void merge_late(sp_wheel *w)
+{
+    spindle_timer *list = w->late;
+    if (!list) {
+        return;
+    }
+    w->late = NULL;
+    /* After the realtime clock went back, some may belong in the wheel. */
+    spindle_timer *early = NULL;
+    while (list) {
+        spindle_timer *next = list->next;
+        if ((uint64_t)list->key >= (uint64_t)w->cur) {
+            place(w, list);
+        } else {
+            list->next = early;
+            early = list;
+        }
+        list = next;
+    }
+    list = sort(early);
+    /* Largest first, walking back from the tail. */
+    spindle_timer *rev = NULL;
+    while (list) {
+        spindle_timer *next = list->next;
+        list->next = rev;
+        rev = list;
+        list = next;
+    }
+    spindle_timer *pos = w->run_last;
+    while (rev) {
+        spindle_timer *t = rev;
+        rev = rev->next;
+        while (pos && before(t, pos)) {
+            pos = run_prev(w, pos);
+        }
+        run_insert_after(w, pos, t);
+    }
+}
+
+/* The realtime clock went back: place every timer again from `now`. */
+static void rebase(sp_wheel *w, int64_t now)
+{
+    /* During a run, the late list holds the timers armed in it: they stay
+     * there, so as not to fire in it (merge_late sorts them out later). */
+    spindle_timer *all = NULL;
+    if (w->run_now == NOT_RUNNING) {
+        all = w->late;
+        w->late = NULL;
+    }
+    for (spindle_timer *t = w->run, *next; t; t = next) {
+        next = t->next;
+        t->next = all;
+        all = t;
+    }
+    w->run = w->run_last = NULL;
+    for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
+        for (unsigned d = 0; d < SP_WHEEL_SLOTS; d++) {
+            for (spindle_timer *t = w->slot[l][d], *next; t; t = next) {
+                next = t->next;
+                t->next = all;
+                all = t;
+            }
+            w->slot[l][d] = NULL;
+        }
+        w->nonempty[l] = 0;
+    }
+    w->cur = now > 0 ? (int64_t)((uint64_t)now & ~(RES - 1)) : 0;
+    place_all(w, all);
+}
+
+static void check_clock(sp_wheel *w, int64_t now)
+{
+    if (now < w->cur - EARLY_NS - 2 * (int64_t)RES) {
+        rebase(w, now);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * The interface (timer-wheel.h)
+ */
+
+void sp_wheel_init(sp_wheel *w)
+{
+    *w = (sp_wheel){ .run_now = NOT_RUNNING };
+}
+
+void sp_wheel_settle(sp_wheel *w, int64_t now)
+{
+    if (w->linked) {
+        return;
+    }
+    /* Empty: start the wheel time at the clock, so new timers land in the
+     * lowest levels that fit them (fewer cascades later). */
+    for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
+        w->nonempty[l] = 0;
+    }
+    w->cur = now > 0 ? (int64_t)((uint64_t)now & ~(RES - 1)) : 0;
+}
+
+void sp_wheel_insert(sp_wheel *w, spindle_timer *t)
+{
+    w->linked++;
+    if (w->run_now != NOT_RUNNING && t->key <= w->run_now) {
+        push(&w->late, t);
+    } else {
+        place(w, t);
+    }
+}
+
+void sp_wheel_remove(sp_wheel *w, spindle_timer *t)
+{
+    if (!t->pprev) {
+        return;
+    }
+    if (t == w->run_last) {
+        w->run_last = run_prev(w, t);
+    }
+    *t->pprev = t->next;
+    if (t->next) {
+        t->next->pprev = t->pprev;
+    }
+    t->pprev = NULL;
+    w->linked--;
+}
+
+int64_t sp_wheel_start_run(sp_wheel *w, int64_t now)
+{
+    check_clock(w, now);
+    merge_late(w);
+    int64_t outer = w->run_now;
+    w->run_now = now;
+    return outer;
+}
+
+spindle_timer *sp_wheel_due(sp_wheel *w)
+{
+    for (;;) {
+        spindle_timer *t = w->run;
+        if (t) {
+            return t->key <= w->run_now ? t : NULL;
+        }
+        if (!advance(w, w->run_now)) {
+            return NULL;
+        }
+    }
+}
+
+void sp_wheel_end_run(sp_wheel *w, int64_t outer)
+{
+    w->run_now = outer;
+}
+
+int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
+{
+    if (!w->linked) {
+        sp_wheel_settle(w, now);
+        return INT64_MAX;
+    }
+    check_clock(w, now);
+    int64_t late = INT64_MAX;
+    if (w->run_now == NOT_RUNNING) {
+        merge_late(w);
+    } else {
+        /* A run is in progress (this is a nested iteration's timeout): its
+         * late timers must not join the run it is walking. */
+        for (spindle_timer *t = w->late; t; t = t->next) {
+            late = t->key < late ? t->key : late;
+        }
+    }
+    for (;;) {
+        if (w->run) {
+            return w->run->key < late ? w->run->key : late;
+        }
+        unsigned level, d;
+        if (!earliest(w, &level, &d)) {
+            return late;
+        }
+        uint64_t start = bucket_start(w, level, d);
+        if (level == 0 || (int64_t)start <= now + EARLY_NS) {
+            step(w, level, d);
+            continue;
+        }
+        /* Its earliest key is the earliest of the wheel. */
+        int64_t min = INT64_MAX;
+        unsigned n = 0;
+        for (spindle_timer *t = w->slot[level][d]; t; t = t->next) {
+            if (++n > SCAN_MAX && !exact) {
+                min = (int64_t)start;
+                break;
+            }
+            min = t->key < min ? t->key : min;
+        }
+        return min < late ? min : late;
+    }
+}

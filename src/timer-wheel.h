@@ -1,0 +1,70 @@
+/* The timer wheel: the structure that orders one clock's armed timers.
+ * SPDX-License-Identifier: MIT
+ *
+ * Single-threaded: only the thread that holds the context's timers
+ * (timer.c) calls these functions. timer-wheel.c explains the structure.
+ */
+#ifndef SPINDLE_TIMER_WHEEL_H
+#define SPINDLE_TIMER_WHEEL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "spindle.h"
+
+/* Level 0 slots are 2^10 ns (about 1 us) wide; every level has 64 slots,
+ * so level L slots are 2^(10 + 6L) ns wide. Nine levels cover every
+ * deadline from 0 to INT64_MAX. */
+#define SP_WHEEL_SLOT_BITS 6
+#define SP_WHEEL_SLOTS (1u << SP_WHEEL_SLOT_BITS)
+#define SP_WHEEL_RES_BITS 10
+#define SP_WHEEL_LEVELS 9
+
+/* One cache line. The first four fields belong to the wheel (loop side);
+ * the others to timer.c, which documents them. */
+struct spindle_timer {
+    spindle_timer *next;     /* bucket, run or late list; slab free list */
+    spindle_timer **pprev;   /* the pointer to this one; NULL: not linked */
+    int64_t key;             /* the deadline the wheel placed it by */
+    uint32_t seq;            /* arming order, for equal keys */
+    _Atomic uint32_t ticket; /* order of a request from another thread */
+    _Atomic int64_t expire;  /* the deadline last asked for; -1: disarmed */
+    spindle_io_fn *cb;
+    void *opaque;
+    _Atomic(spindle_timer *) qnext; /* the request queue; NULL: not in it */
+};
+
+typedef struct sp_wheel {
+    int64_t cur;             /* wheel time: where the unopened part starts */
+    int64_t run_now;         /* the running run's `now`; INT64_MIN: none */
+    size_t linked;           /* timers in the wheel, run and late list */
+    spindle_timer *run;      /* opened timers, sorted by (key, seq) */
+    spindle_timer *run_last;
+    spindle_timer *late;     /* keys before cur, not yet sorted into run */
+    uint64_t nonempty[SP_WHEEL_LEVELS]; /* may be stale: set, yet empty */
+    spindle_timer *slot[SP_WHEEL_LEVELS][SP_WHEEL_SLOTS];
+} sp_wheel;
+
+void sp_wheel_init(sp_wheel *w);
+/* Before inserting into an empty wheel: start the wheel time at `now`. */
+void sp_wheel_settle(sp_wheel *w, int64_t now);
+/* Link t by t->key (>= 0) and t->seq; O(1). */
+void sp_wheel_insert(sp_wheel *w, spindle_timer *t);
+/* Unlink t if it is linked; O(1). */
+void sp_wheel_remove(sp_wheel *w, spindle_timer *t);
+
+/* A run fires, in (key, seq) order, the timers due by `now` that were
+ * armed before it started: start_run, then sp_wheel_due until it returns
+ * NULL, unlinking each timer it returns before running its callback; then
+ * end_run with what start_run returned (runs nest). */
+int64_t sp_wheel_start_run(sp_wheel *w, int64_t now);
+spindle_timer *sp_wheel_due(sp_wheel *w);
+void sp_wheel_end_run(sp_wheel *w, int64_t outer);
+
+/* A time at or before the earliest key: exactly it when `exact`, or when
+ * that costs little (see timer-wheel.c); INT64_MAX with nothing linked. */
+int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact);
+
+#endif
