@@ -144,8 +144,9 @@ SPINDLE_API void spindle_ctx_free(spindle_ctx *ctx);
  * Nested calls from a callback on the loop thread are allowed. A call while
  * another thread is inside spindle_poll() on the same context returns false
  * at once with errno EBUSY and changes nothing. NULL: false, errno EINVAL.
- * Cost: O(ready handlers + scheduled bottom halves + fired timers * log t)
- * with epoll; the poll back-end adds O(n). */
+ * Cost: O(ready handlers + scheduled bottom halves + fired timers) with
+ * epoll (each timer is moved at most once per wheel level on its way to
+ * firing: docs/design.md); the poll back-end adds O(n). */
 SPINDLE_API bool spindle_poll(spindle_ctx *ctx, bool blocking);
 
 /* Wake the loop: a blocking spindle_poll() that is sleeping, or about to,
@@ -173,7 +174,9 @@ SPINDLE_API const char *spindle_backend_name(const spindle_ctx *ctx);
 /* How long a blocking iteration would sleep now, in ns: 0 if a non-idle
  * bottom half is scheduled; else the time to the earliest timer deadline
  * (capped at 10 ms while an idle bottom half is scheduled); else -1
- * (infinite). -EINVAL for NULL. Loop thread. Cost O(b). */
+ * (infinite). -EINVAL for NULL. Loop thread. Cost O(b), plus, when the
+ * earliest deadline is far, O(timers in its slot of the wheel) (the loop's
+ * own timeout skips that scan: it may wake early, never late). */
 SPINDLE_API int64_t spindle_compute_timeout(spindle_ctx *ctx);
 
 /* Counters for tuning busy polling. Updated by the loop thread; read them
@@ -373,6 +376,21 @@ SPINDLE_API int spindle_bh_oneshot(spindle_ctx *ctx, spindle_io_fn *cb,
 
 /* ------------------------------------------------------------------------
  * Timers: one-shot, on an absolute deadline in ns of their clock.
+ *
+ * Threads: spindle_timer_mod, _mod_in, _mod_anticipate, _del, _pending and
+ * _expire_ns may be called from any thread; the rest from the loop thread.
+ * On the thread running the iteration (from any callback) arming and
+ * disarming take no lock. Another thread's change is applied by the loop
+ * before its next timeout computation; it is visible to _pending and
+ * _expire_ns at once, and wakes a sleeping loop when it asks for an earlier
+ * deadline than the one the loop sleeps towards. Calls on one timer from
+ * several threads at the same time take effect in some order, the last one
+ * winning.
+ *
+ * Memory: a timer takes 64 bytes, in blocks of 63 that its context keeps
+ * (a freed timer's memory serves the context's next spindle_timer_new;
+ * spindle_ctx_free releases it all), plus 37 KiB per clock for the wheel,
+ * from the clock's first timer on.
  */
 
 typedef enum { SPINDLE_CLOCK_MONOTONIC, SPINDLE_CLOCK_REALTIME } spindle_clock;
@@ -381,33 +399,46 @@ typedef enum { SPINDLE_CLOCK_MONOTONIC, SPINDLE_CLOCK_REALTIME } spindle_clock;
  * -EINVAL for an unknown clock. Any thread. */
 SPINDLE_API int64_t spindle_now_ns(spindle_clock clock);
 
-/* Create a disarmed timer. NULL + errno EINVAL (NULL ctx or cb, unknown
- * clock) or ENOMEM. Reserves all that arming will need. Loop thread. */
+/* Create a disarmed timer on the clock. NULL + errno EINVAL (NULL ctx or
+ * cb, unknown clock) or ENOMEM. Reserves all that arming will need, so
+ * arming never allocates and cannot fail. Loop thread. O(1). */
 SPINDLE_API spindle_timer *spindle_timer_new(spindle_ctx *ctx,
                                              spindle_clock clock,
                                              spindle_io_fn *cb, void *opaque);
 /* Arm (or re-arm) it to fire at expire_ns on its clock (a negative deadline
- * counts as 0, long past). It fires once, on the
- * loop thread, in the first iteration at or after the deadline, never
- * before; it is no longer pending when cb runs, and cb may re-arm or free it.
- * A timer armed while timers are running waits for a later iteration even if
- * its deadline has passed. Timers fire in deadline order, equal deadlines in
- * the order they were armed. Wakes the loop if the earliest deadline moved
- * earlier. Any thread; never allocates; O(log t). NULL is ignored. */
+ * counts as 0, long past). It fires once, on the loop thread, in the first
+ * iteration at or after the deadline, never before; it is no longer pending
+ * when cb runs, and cb may re-arm or free it. A timer armed while timers
+ * are running waits for a later iteration even if its deadline has passed.
+ * Timers fire in deadline order, equal deadlines in the order they were
+ * armed. A realtime timer fires when the realtime clock reaches its
+ * deadline, wherever the clock was set meanwhile.
+ * Any thread (see above); never allocates. O(1); re-arming within the same
+ * slot of the wheel (a deadline pushed back by a little) touches only the
+ * timer. NULL is ignored. */
 SPINDLE_API void spindle_timer_mod(spindle_timer *t, int64_t expire_ns);
+/* Arm it delta_ns from now on its clock: spindle_timer_mod(t,
+ * spindle_now_ns(clock) + delta_ns), saturating at INT64_MAX (a negative
+ * delta is in the past, so the timer is due). The idle timeout of a
+ * connection, re-armed on every read, is one call. Any thread; never
+ * allocates. O(1) plus one clock read. NULL is ignored. */
 SPINDLE_API void spindle_timer_mod_in(spindle_timer *t, int64_t delta_ns);
 /* Like spindle_timer_mod, but only ever moves the deadline earlier: a timer
- * armed for an earlier time is left alone; a disarmed one is armed. */
+ * armed for an earlier time is left alone; a disarmed one is armed. Any
+ * thread; never allocates. O(1). NULL is ignored. */
 SPINDLE_API void spindle_timer_mod_anticipate(spindle_timer *t,
                                               int64_t expire_ns);
-/* Disarm it (it will not fire until armed again). Any thread; O(log t). */
+/* Disarm it (it will not fire until armed again); harmless on a disarmed
+ * timer. Any thread; never allocates. O(1). NULL is ignored. */
 SPINDLE_API void spindle_timer_del(spindle_timer *t);
 /* Disarm and free it. Safe from inside any callback, its own included.
- * Loop thread. O(log t). NULL is ignored. */
+ * Loop thread. O(1). NULL is ignored. */
 SPINDLE_API void spindle_timer_free(spindle_timer *t);
-/* Whether it is armed. Any thread. O(1). false for NULL. */
+/* Whether it is armed (the last mod or del, from whatever thread, says).
+ * Any thread. O(1). false for NULL. */
 SPINDLE_API bool spindle_timer_pending(const spindle_timer *t);
-/* Its deadline, or -1 if it is not armed (or NULL). Any thread. O(1). */
+/* Its deadline (a negative one asked for reads 0), or -1 if it is not armed
+ * (or NULL). Any thread. O(1). */
 SPINDLE_API int64_t spindle_timer_expire_ns(const spindle_timer *t);
 
 /* ------------------------------------------------------------------------

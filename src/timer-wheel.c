@@ -46,7 +46,11 @@
  */
 #include "timer-wheel.h"
 
+#include <errno.h>
 #include <stddef.h>
+#include <stdlib.h>
+
+#include "fault.h"
 
 #define RES ((uint64_t)1 << SP_WHEEL_RES_BITS)
 #define SLOT_MASK ((uint64_t)SP_WHEEL_SLOTS - 1)
@@ -128,27 +132,28 @@ static spindle_timer *merge(spindle_timer *a, spindle_timer *b)
     return head;
 }
 
-/* Sort a list linked by `next` (pprev is left stale): bottom-up merge sort,
- * part[i] holding 2^i timers, as in Linux's list_sort. */
-static spindle_timer *sort(spindle_timer *list)
+/* Sort the timers of `n` lists linked by `next` into one (pprev is left
+ * stale): bottom-up merge sort, part[i] holding 2^i timers, as in Linux's
+ * list_sort. */
+static spindle_timer *sort(spindle_timer **lists, unsigned n)
 {
-    if (!list || !list->next) {
-        return list;
-    }
     spindle_timer *part[64] = { NULL };
     unsigned top = 0;
-    while (list) {
-        spindle_timer *t = list;
-        list = list->next;
-        t->next = NULL;
-        unsigned i = 0;
-        for (; part[i]; i++) {
-            t = merge(part[i], t);
-            part[i] = NULL;
-        }
-        part[i] = t;
-        if (i > top) {
-            top = i;
+    for (unsigned k = 0; k < n; k++) {
+        spindle_timer *list = lists[k];
+        while (list) {
+            spindle_timer *t = list;
+            list = list->next;
+            t->next = NULL;
+            unsigned i = 0;
+            for (; part[i]; i++) {
+                t = merge(part[i], t);
+                part[i] = NULL;
+            }
+            part[i] = t;
+            if (i > top) {
+                top = i;
+            }
         }
     }
     spindle_timer *out = NULL;
@@ -164,37 +169,100 @@ static spindle_timer *sort(spindle_timer *list)
  * Placing and moving timers
  */
 
+static unsigned stripe_of(const spindle_timer *t)
+{
+    return (unsigned)((uintptr_t)t / sizeof(*t)) % SP_WHEEL_STRIPES;
+}
+
+/* The bucket list for a key at or after cur, and its level and digit. */
+static spindle_timer **bucket_of(sp_wheel *w, const spindle_timer *t,
+                                 uint64_t key, unsigned *level, unsigned *d)
+{
+    uint64_t x = (key ^ (uint64_t)w->cur) >> SP_WHEEL_RES_BITS;
+    *level = x ? (63u - (unsigned)__builtin_clzll(x)) / SP_WHEEL_SLOT_BITS
+               : 0;
+    *d = digit(key, *level);
+    return &w->slot[*level][*d][stripe_of(t)];
+}
+
+/* Whether a key goes on the late list rather than into a bucket. */
+static bool is_late(const sp_wheel *w, int64_t key)
+{
+    return (uint64_t)key < (uint64_t)w->cur ||
+           (w->run_now != NOT_RUNNING && key <= w->run_now);
+}
+
 static void place(sp_wheel *w, spindle_timer *t)
 {
-    uint64_t key = (uint64_t)t->key, cur = (uint64_t)w->cur;
-    if (key < cur) {
+    if ((uint64_t)t->key < (uint64_t)w->cur) {
         push(&w->late, t);
         return;
     }
-    uint64_t x = (key ^ cur) >> SP_WHEEL_RES_BITS;
-    unsigned level = x ? (63u - (unsigned)__builtin_clzll(x)) /
-                             SP_WHEEL_SLOT_BITS
-                       : 0;
-    unsigned d = digit(key, level);
-    push(&w->slot[level][d], t);
+    unsigned level, d;
+    push(bucket_of(w, t, (uint64_t)t->key, &level, &d), t);
     w->nonempty[level] |= (uint64_t)1 << d;
 }
 
-static spindle_timer *take_bucket(sp_wheel *w, unsigned level, unsigned d)
+static bool bucket_empty(const sp_wheel *w, unsigned level, unsigned d)
 {
-    spindle_timer *list = w->slot[level][d];
-    w->slot[level][d] = NULL;
-    w->nonempty[level] &= ~((uint64_t)1 << d);
-    return list;
+    for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+        if (w->slot[level][d][k]) {
+            return false;
+        }
+    }
+    return true;
 }
 
-static void place_all(sp_wheel *w, spindle_timer *list)
+static void take_bucket(sp_wheel *w, unsigned level, unsigned d,
+                        spindle_timer **lists)
 {
-    while (list) {
-        spindle_timer *next = list->next;
-        place(w, list);
-        list = next;
+    for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+        lists[k] = w->slot[level][d][k];
+        w->slot[level][d][k] = NULL;
     }
+    w->nonempty[level] &= ~((uint64_t)1 << d);
+}
+
+/* Place again every timer of a taken bucket. The stripes are walked side by
+ * side, each one's next timer fetched while the others are placed: a walk
+ * of one list would wait for a cache miss at every timer. */
+static void place_all(sp_wheel *w, spindle_timer **lists)
+{
+    bool more;
+    do {
+        more = false;
+        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+            spindle_timer *t = lists[k];
+            if (t) {
+                lists[k] = t->next;
+                if (t->next) {
+                    __builtin_prefetch(t->next, 1);
+                    more = true;
+                }
+                place(w, t);
+            }
+        }
+    } while (more);
+}
+
+/* Bring a taken bucket's timers into the cache, the stripes side by side,
+ * before the sort walks them one list at a time. */
+static void fetch(spindle_timer **lists)
+{
+    spindle_timer *t[SP_WHEEL_STRIPES];
+    bool more;
+    for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+        t[k] = lists[k];
+    }
+    do {
+        more = false;
+        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+            if (t[k] && (t[k] = t[k]->next)) {
+                __builtin_prefetch(t[k]);
+                more = true;
+            }
+        }
+    } while (more);
 }
 
 /* Move the wheel time forward to `cur`. If that carries into the next slot
@@ -210,7 +278,9 @@ static void set_cur(sp_wheel *w, uint64_t cur)
         unsigned level = 1 + (63u - (unsigned)__builtin_clzll(changed)) /
                                  SP_WHEEL_SLOT_BITS;
         if (level < SP_WHEEL_LEVELS) {
-            place_all(w, take_bucket(w, level, digit(cur, level)));
+            spindle_timer *lists[SP_WHEEL_STRIPES];
+            take_bucket(w, level, digit(cur, level), lists);
+            place_all(w, lists);
         }
     }
 }
@@ -228,7 +298,7 @@ static bool earliest(sp_wheel *w, unsigned *level, unsigned *d)
         bits = from >= SP_WHEEL_SLOTS ? 0 : bits & (~(uint64_t)0 << from);
         while (bits) {
             unsigned i = (unsigned)__builtin_ctzll(bits);
-            if (w->slot[l][i]) {
+            if (!bucket_empty(w, l, i)) {
                 *level = l;
                 *d = i;
                 return true;
@@ -251,15 +321,17 @@ static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
 static void step(sp_wheel *w, unsigned level, unsigned d)
 {
     uint64_t start = bucket_start(w, level, d);
-    spindle_timer *list = take_bucket(w, level, d);
+    spindle_timer *lists[SP_WHEEL_STRIPES];
+    take_bucket(w, level, d, lists);
     if (level > 0) {
         /* The levels below are empty, so nothing is passed over. */
         w->cur = (int64_t)start;
-        place_all(w, list);
+        place_all(w, lists);
         return;
     }
     set_cur(w, start + RES);
-    list = sort(list);
+    fetch(lists);
+    spindle_timer *list = sort(lists, SP_WHEEL_STRIPES);
     spindle_timer **pp = w->run_last ? &w->run_last->next : &w->run;
     *pp = list;
     for (spindle_timer *t = list; t; t = t->next) {
@@ -303,7 +375,7 @@ static void merge_late(sp_wheel *w)
         }
         list = next;
     }
-    list = sort(early);
+    list = sort(&early, 1);
     /* Largest first, walking back from the tail. */
     spindle_timer *rev = NULL;
     while (list) {
@@ -341,17 +413,21 @@ static void rebase(sp_wheel *w, int64_t now)
     w->run = w->run_last = NULL;
     for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
         for (unsigned d = 0; d < SP_WHEEL_SLOTS; d++) {
-            for (spindle_timer *t = w->slot[l][d], *next; t; t = next) {
-                next = t->next;
-                t->next = all;
-                all = t;
+            spindle_timer *lists[SP_WHEEL_STRIPES];
+            take_bucket(w, l, d, lists);
+            for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+                for (spindle_timer *t = lists[k], *next; t; t = next) {
+                    next = t->next;
+                    t->next = all;
+                    all = t;
+                }
             }
-            w->slot[l][d] = NULL;
         }
         w->nonempty[l] = 0;
     }
     w->cur = now > 0 ? (int64_t)((uint64_t)now & ~(RES - 1)) : 0;
-    place_all(w, all);
+    spindle_timer *lists[SP_WHEEL_STRIPES] = { all };
+    place_all(w, lists);
 }
 
 static void check_clock(sp_wheel *w, int64_t now)
@@ -370,6 +446,23 @@ void sp_wheel_init(sp_wheel *w)
     *w = (sp_wheel){ .run_now = NOT_RUNNING };
 }
 
+int sp_wheel_alloc(sp_wheel *w)
+{
+    if (!w->slot) {
+        w->slot = sp_calloc(SP_WHEEL_LEVELS, sizeof(*w->slot));
+        if (!w->slot) {
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+void sp_wheel_destroy(sp_wheel *w)
+{
+    free(w->slot);
+    w->slot = NULL;
+}
+
 void sp_wheel_settle(sp_wheel *w, int64_t now)
 {
     if (w->linked) {
@@ -386,11 +479,32 @@ void sp_wheel_settle(sp_wheel *w, int64_t now)
 void sp_wheel_insert(sp_wheel *w, spindle_timer *t)
 {
     w->linked++;
-    if (w->run_now != NOT_RUNNING && t->key <= w->run_now) {
+    if (is_late(w, t->key)) {
         push(&w->late, t);
     } else {
         place(w, t);
     }
+}
+
+void sp_wheel_move(sp_wheel *w, spindle_timer *t, int64_t key, uint32_t seq)
+{
+    /* A timer in a bucket is where bucket_of() says: the wheel time never
+     * passed its bucket (that would have cascaded or opened it) and is not
+     * behind the time it was placed from. So if the new key maps to the
+     * same list, only the key changes: a timeout pushed back by a little,
+     * the common case, touches nothing but the timer. */
+    unsigned l0, d0, l1, d1;
+    if (t->pprev && !is_late(w, t->key) && !is_late(w, key) &&
+        bucket_of(w, t, (uint64_t)t->key, &l0, &d0) ==
+            bucket_of(w, t, (uint64_t)key, &l1, &d1)) {
+        t->key = key;
+        t->seq = seq;
+        return;
+    }
+    sp_wheel_remove(w, t);
+    t->key = key;
+    t->seq = seq;
+    sp_wheel_insert(w, t);
 }
 
 void sp_wheel_remove(sp_wheel *w, spindle_timer *t)
@@ -469,12 +583,13 @@ int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
         /* Its earliest key is the earliest of the wheel. */
         int64_t min = INT64_MAX;
         unsigned n = 0;
-        for (spindle_timer *t = w->slot[level][d]; t; t = t->next) {
-            if (++n > SCAN_MAX && !exact) {
-                min = (int64_t)start;
-                break;
+        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+            for (spindle_timer *t = w->slot[level][d][k]; t; t = t->next) {
+                if (++n > SCAN_MAX && !exact) {
+                    return (int64_t)start < late ? (int64_t)start : late;
+                }
+                min = t->key < min ? t->key : min;
             }
-            min = t->key < min ? t->key : min;
         }
         return min < late ? min : late;
     }

@@ -21,6 +21,11 @@
 #define SP_WHEEL_SLOTS (1u << SP_WHEEL_SLOT_BITS)
 #define SP_WHEEL_RES_BITS 10
 #define SP_WHEEL_LEVELS 9
+/* Each bucket is this many lists, so that walking it keeps as many cache
+ * misses in flight (timer-wheel.c). */
+#ifndef SP_WHEEL_STRIPES
+#define SP_WHEEL_STRIPES 8
+#endif
 
 /* One cache line. The first four fields belong to the wheel (loop side);
  * the others to timer.c, which documents them. */
@@ -36,6 +41,8 @@ struct spindle_timer {
     _Atomic(spindle_timer *) qnext; /* the request queue; NULL: not in it */
 };
 
+typedef spindle_timer *sp_wheel_bucket[SP_WHEEL_SLOTS][SP_WHEEL_STRIPES];
+
 typedef struct sp_wheel {
     int64_t cur;             /* wheel time: where the unopened part starts */
     int64_t run_now;         /* the running run's `now`; INT64_MIN: none */
@@ -44,14 +51,20 @@ typedef struct sp_wheel {
     spindle_timer *run_last;
     spindle_timer *late;     /* keys before cur, not yet sorted into run */
     uint64_t nonempty[SP_WHEEL_LEVELS]; /* may be stale: set, yet empty */
-    spindle_timer *slot[SP_WHEEL_LEVELS][SP_WHEEL_SLOTS];
+    /* [SP_WHEEL_LEVELS]: 37 KiB, allocated with the clock's first timer */
+    sp_wheel_bucket *slot;
 } sp_wheel;
 
 void sp_wheel_init(sp_wheel *w);
+/* Before the first insertion: 0 or -ENOMEM. */
+int sp_wheel_alloc(sp_wheel *w);
+void sp_wheel_destroy(sp_wheel *w);
 /* Before inserting into an empty wheel: start the wheel time at `now`. */
 void sp_wheel_settle(sp_wheel *w, int64_t now);
 /* Link t by t->key (>= 0) and t->seq; O(1). */
 void sp_wheel_insert(sp_wheel *w, spindle_timer *t);
+/* Link t, or move it if it is linked, by key and seq; O(1). */
+void sp_wheel_move(sp_wheel *w, spindle_timer *t, int64_t key, uint32_t seq);
 /* Unlink t if it is linked; O(1). */
 void sp_wheel_remove(sp_wheel *w, spindle_timer *t);
 

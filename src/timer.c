@@ -44,6 +44,9 @@
 #include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
+#ifdef SP_EXPERIMENT_HUGE
+#include <sys/mman.h>
+#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SP_ASAN 1
@@ -187,16 +190,14 @@ void sp_timers_release(spindle_ctx *ctx)
 static void place(sp_timer_clock *c, spindle_timer *t, int64_t expire,
                   uint32_t seq)
 {
-    sp_wheel_remove(&c->wheel, t);
     if (expire < 0) {
+        sp_wheel_remove(&c->wheel, t);
         return;
     }
     if (!c->wheel.linked) {
         sp_wheel_settle(&c->wheel, spindle_now_ns(c->clock));
     }
-    t->key = expire;
-    t->seq = seq;
-    sp_wheel_insert(&c->wheel, t);
+    sp_wheel_move(&c->wheel, t, expire, seq);
 }
 
 /* ------------------------------------------------------------------------
@@ -313,8 +314,27 @@ spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
     }
     bool taken = hold_wait(ctx);
     sp_timer_clock *c = &ctx->timers[clock];
+    if (sp_wheel_alloc(&c->wheel) < 0) {
+        if (taken) {
+            let_go(ctx);
+        }
+        errno = ENOMEM;
+        return NULL;
+    }
     if (!c->free) {
+#ifdef SP_EXPERIMENT_HUGE
+        static char *arena, *arena_end;
+        if (arena == arena_end) {
+            arena = mmap(NULL, 1 << 28, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            char *a = (char *)(((uintptr_t)arena + (1 << 21) - 1) & ~(uintptr_t)((1 << 21) - 1));
+            madvise(a, (1 << 28) - (1 << 21), MADV_HUGEPAGE);
+            arena = a; arena_end = a + (1 << 28) - (1 << 21);
+        }
+        sp_timer_slab *s = (sp_timer_slab *)arena;
+        arena += SLAB_BYTES;
+#else
         sp_timer_slab *s = sp_aligned_alloc(SLAB_BYTES, SLAB_BYTES);
+#endif
         if (!s) {
             if (taken) {
                 let_go(ctx);
@@ -494,7 +514,8 @@ int64_t sp_timers_timeout(spindle_ctx *ctx, bool exact)
     for (int k = SPINDLE_CLOCK_MONOTONIC; k <= SPINDLE_CLOCK_REALTIME; k++) {
         sp_timer_clock *c = &ctx->timers[k];
         int64_t next = INT64_MAX, now = 0;
-        if (c->wheel.linked) {
+        bool armed = c->wheel.linked;
+        if (armed) {
             now = spindle_now_ns(c->clock);
             next = sp_wheel_next(&c->wheel, now, exact);
         }
@@ -503,7 +524,7 @@ int64_t sp_timers_timeout(spindle_ctx *ctx, bool exact)
         if (atomic_load_explicit(&c->wake_at, memory_order_relaxed) != next) {
             atomic_store_explicit(&c->wake_at, next, memory_order_seq_cst);
         }
-        if (next != INT64_MAX) {
+        if (armed) { /* even at INT64_MAX: a deadline, not "none" */
             int64_t left = next > now ? next - now : 0;
             if (timeout < 0 || left < timeout) {
                 timeout = left;
@@ -544,5 +565,6 @@ void sp_timers_destroy(spindle_ctx *ctx)
             free(s);
             s = next;
         }
+        sp_wheel_destroy(&ctx->timers[k].wheel);
     }
 }

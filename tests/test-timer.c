@@ -17,6 +17,47 @@
 #define HOUR (INT64_C(3600) * 1000 * MS)
 
 /* ------------------------------------------------------------------------
+ * The fixture: every test gets a fresh context (back-end from
+ * $SPINDLE_BACKEND) under the harness's watchdog, freed after it.
+ */
+
+struct fixture {
+    spindle_ctx *ctx;
+};
+
+static int setup(void **state)
+{
+    harness_watchdog_arm(state);
+    struct fixture *f = calloc(1, sizeof(*f));
+    if (!f || !(f->ctx = spindle_ctx_new())) {
+        free(f);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    spindle_ctx_free(f->ctx);
+    free(f);
+    return harness_watchdog_disarm(state);
+}
+
+#define TIMER_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+static struct fixture *fixture_of(void **state)
+{
+    return *state;
+}
+
+static spindle_ctx *ctx_of(void **state)
+{
+    return fixture_of(state)->ctx;
+}
+
+/* ------------------------------------------------------------------------
  * Helpers
  */
 
@@ -114,8 +155,7 @@ static void order_cb(void *opaque)
 
 static void timer_fires_once(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -125,14 +165,12 @@ static void timer_fires_once(void **state)
     assert_int_equal(p.count, 1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_never_fires_before_its_deadline(void **state)
 {
-    (void)state;
     enum { N = 20 };
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p[N];
     for (unsigned i = 0; i < N; i++) {
         probe_init(&p[i], ctx, SPINDLE_CLOCK_MONOTONIC);
@@ -156,13 +194,11 @@ static void timer_never_fires_before_its_deadline(void **state)
     for (unsigned i = 0; i < N; i++) {
         spindle_timer_free(p[i].t);
     }
-    spindle_ctx_free(ctx);
 }
 
 static void timer_is_not_pending_inside_its_callback(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -173,13 +209,11 @@ static void timer_is_not_pending_inside_its_callback(void **state)
     assert_int_equal(p.expire_in_cb, -1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_with_past_deadline_fires_in_next_iteration(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -189,13 +223,11 @@ static void timer_with_past_deadline_fires_in_next_iteration(void **state)
     assert_int_equal(p.count, 1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void blocking_poll_with_only_a_timer_returns_after_it_fires(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -208,13 +240,11 @@ static void blocking_poll_with_only_a_timer_returns_after_it_fires(void **state)
     assert_true(p.fired_at >= p.deadline);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void realtime_timer_fires_after_its_deadline(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_REALTIME);
 
@@ -230,7 +260,6 @@ static void realtime_timer_fires_after_its_deadline(void **state)
     assert_true(p.fired_at >= p.deadline);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -239,9 +268,8 @@ static void realtime_timer_fires_after_its_deadline(void **state)
 
 static void timers_fire_in_deadline_order(void **state)
 {
-    (void)state;
     enum { N = 100 };
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct order_log log = { .n = 0, .expected = N };
     struct order_entry e[N];
     unsigned perm[N];
@@ -273,14 +301,12 @@ static void timers_fire_in_deadline_order(void **state)
     for (unsigned i = 0; i < N; i++) {
         spindle_timer_free(e[i].t);
     }
-    spindle_ctx_free(ctx);
 }
 
 static void timers_with_equal_deadlines_fire_in_arming_order(void **state)
 {
-    (void)state;
     enum { N = 100 };
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct order_log log = { .n = 0, .expected = N };
     struct order_entry e[N];
     unsigned perm[N];
@@ -308,14 +334,12 @@ static void timers_with_equal_deadlines_fire_in_arming_order(void **state)
     for (unsigned i = 0; i < N; i++) {
         spindle_timer_free(e[i].t);
     }
-    spindle_ctx_free(ctx);
 }
 
 static void timer_rearmed_to_an_equal_deadline_fires_after_the_others(void **state)
 {
-    (void)state;
     enum { N = 3 };
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct order_log log = { .n = 0, .expected = N };
     struct order_entry e[N];
 
@@ -344,7 +368,6 @@ static void timer_rearmed_to_an_equal_deadline_fires_after_the_others(void **sta
     for (unsigned i = 0; i < N; i++) {
         spindle_timer_free(e[i].t);
     }
-    spindle_ctx_free(ctx);
 }
 
 /* 200,000 timers with random deadlines: each fires exactly once, and the
@@ -379,9 +402,8 @@ static void mass_cb(void *opaque)
 
 static void many_random_timers_fire_once_in_deadline_order(void **state)
 {
-    (void)state;
     enum { N = 200000 };
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct mass_entry *entries = calloc(N, sizeof(*entries));
     spindle_timer **timers = calloc(N, sizeof(*timers));
     struct mass_state m = { .n = 0, .expected = N };
@@ -422,8 +444,7 @@ static void many_random_timers_fire_once_in_deadline_order(void **state)
     }
     assert_int_equal(out_of_order, 0);
 
-    /* The context releases the (disarmed) timers. */
-    spindle_ctx_free(ctx);
+    /* The context releases the (disarmed) timers (teardown). */
     mass_state_ptr = NULL;
     free(m.seq);
     free(timers);
@@ -436,8 +457,7 @@ static void many_random_timers_fire_once_in_deadline_order(void **state)
 
 static void timer_rearmed_earlier_fires_at_the_new_deadline(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -452,13 +472,11 @@ static void timer_rearmed_earlier_fires_at_the_new_deadline(void **state)
     assert_int_equal(p.count, 1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_rearmed_later_does_not_fire_at_the_old_deadline(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -472,13 +490,11 @@ static void timer_rearmed_later_does_not_fire_at_the_old_deadline(void **state)
     assert_int_equal(spindle_timer_expire_ns(p.t), later);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_del_stops_it(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -492,13 +508,11 @@ static void timer_del_stops_it(void **state)
     assert_int_equal(spindle_compute_timeout(ctx), -1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_deleted_can_be_armed_again(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -510,13 +524,11 @@ static void timer_deleted_can_be_armed_again(void **state)
     assert_int_equal(p.count, 1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_mod_anticipate_never_moves_a_deadline_later(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -527,13 +539,11 @@ static void timer_mod_anticipate_never_moves_a_deadline_later(void **state)
     assert_int_equal(spindle_timer_expire_ns(p.t), deadline);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_mod_anticipate_moves_a_deadline_earlier(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -545,13 +555,11 @@ static void timer_mod_anticipate_moves_a_deadline_earlier(void **state)
     assert_int_equal(p.count, 1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_mod_anticipate_arms_a_disarmed_timer(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -563,7 +571,6 @@ static void timer_mod_anticipate_arms_a_disarmed_timer(void **state)
     assert_int_equal(p.count, 1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
 }
 
 /* A callback that re-arms its own timer in the past, up to a cap, so that a
@@ -587,8 +594,7 @@ static void self_rearm_cb(void *opaque)
 static void timer_rearmed_in_past_by_its_callback_fires_once_per_iteration(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct self_rearm s = { 0 };
     s.t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, self_rearm_cb, &s);
     assert_non_null(s.t);
@@ -602,7 +608,6 @@ static void timer_rearmed_in_past_by_its_callback_fires_once_per_iteration(
     assert_true(spindle_timer_pending(s.t));
 
     spindle_timer_free(s.t);
-    spindle_ctx_free(ctx);
 }
 
 /* A's callback arms B with a past deadline: B waits for the next iteration. */
@@ -628,8 +633,7 @@ static void arm_other_b_cb(void *opaque)
 static void timer_armed_by_a_timer_callback_fires_in_a_later_iteration(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct arm_other s = { 0 };
     spindle_timer *a = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                          arm_other_a_cb, &s);
@@ -647,7 +651,6 @@ static void timer_armed_by_a_timer_callback_fires_in_a_later_iteration(
 
     spindle_timer_free(a);
     spindle_timer_free(s.other);
-    spindle_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -669,8 +672,7 @@ static void self_free_cb(void *opaque)
 
 static void timer_freed_by_its_own_callback(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct self_free s = { 0 };
     s.t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, self_free_cb, &s);
     assert_non_null(s.t);
@@ -682,8 +684,6 @@ static void timer_freed_by_its_own_callback(void **state)
     assert_false(harness_poll(ctx, false));
     assert_int_equal(s.count, 1);
     assert_int_equal(spindle_compute_timeout(ctx), -1);
-
-    spindle_ctx_free(ctx);
 }
 
 struct rearm_free {
@@ -703,8 +703,7 @@ static void rearm_free_cb(void *opaque)
 static void timer_rearmed_then_freed_by_its_own_callback_never_fires_again(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct rearm_free s = { 0 };
     s.t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, rearm_free_cb, &s);
     assert_non_null(s.t);
@@ -713,8 +712,6 @@ static void timer_rearmed_then_freed_by_its_own_callback_never_fires_again(
     harness_drain(ctx);
     assert_int_equal(s.count, 1);
     assert_int_equal(spindle_compute_timeout(ctx), -1);
-
-    spindle_ctx_free(ctx);
 }
 
 /* A frees B; both are expired, A's deadline is the earlier one. */
@@ -740,8 +737,7 @@ static void free_other_b_cb(void *opaque)
 
 static void timer_freed_by_another_timer_callback_never_fires(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct free_other s = { 0 };
     spindle_timer *a = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                          free_other_a_cb, &s);
@@ -759,13 +755,11 @@ static void timer_freed_by_another_timer_callback_never_fires(void **state)
     assert_null(s.victim);
 
     spindle_timer_free(a);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_freed_while_armed_never_fires(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                          harness_count_cb, &count);
@@ -777,8 +771,6 @@ static void timer_freed_while_armed_never_fires(void **state)
     harness_drain(ctx);
     assert_int_equal(count, 0);
     assert_int_equal(spindle_compute_timeout(ctx), -1);
-
-    spindle_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -787,8 +779,7 @@ static void timer_freed_while_armed_never_fires(void **state)
 
 static void timer_new_is_disarmed(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                          harness_count_cb, &count);
@@ -799,13 +790,11 @@ static void timer_new_is_disarmed(void **state)
     assert_int_equal(spindle_compute_timeout(ctx), -1);
 
     spindle_timer_free(t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_armed_reports_pending_and_its_deadline(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                          harness_count_cb, &count);
@@ -817,13 +806,11 @@ static void timer_armed_reports_pending_and_its_deadline(void **state)
     assert_int_equal(spindle_timer_expire_ns(t), deadline);
 
     spindle_timer_free(t);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_is_disarmed_after_it_fired(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                          harness_count_cb, &count);
@@ -836,7 +823,6 @@ static void timer_is_disarmed_after_it_fired(void **state)
     assert_int_equal(spindle_timer_expire_ns(t), -1);
 
     spindle_timer_free(t);
-    spindle_ctx_free(ctx);
 }
 
 static void now_ns_is_nondecreasing_on_the_monotonic_clock(void **state)
@@ -864,8 +850,7 @@ static void now_ns_with_an_invalid_clock_returns_einval(void **state)
 
 static void compute_timeout_is_the_time_to_the_earliest_deadline(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *late = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                             harness_count_cb, &count);
@@ -885,13 +870,11 @@ static void compute_timeout_is_the_time_to_the_earliest_deadline(void **state)
 
     spindle_timer_free(early);
     spindle_timer_free(late);
-    spindle_ctx_free(ctx);
 }
 
 static void compute_timeout_is_zero_with_an_expired_timer(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                          harness_count_cb, &count);
@@ -901,14 +884,12 @@ static void compute_timeout_is_zero_with_an_expired_timer(void **state)
     assert_int_equal(spindle_compute_timeout(ctx), 0);
 
     spindle_timer_free(t);
-    spindle_ctx_free(ctx);
 }
 
 static void compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_REALTIME,
                                          harness_count_cb, &count);
@@ -921,7 +902,6 @@ static void compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap(
     assert_true(timeout <= gap);
 
     spindle_timer_free(t);
-    spindle_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -942,8 +922,7 @@ static void *arm_thread(void *opaque)
 
 static void timer_armed_from_another_thread_wakes_blocking_poll(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     struct probe p;
     probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -957,7 +936,241 @@ static void timer_armed_from_another_thread_wakes_blocking_poll(void **state)
     assert_int_equal(p.count, 1);
 
     spindle_timer_free(p.t);
-    spindle_ctx_free(ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * spindle_timer_mod_in
+ */
+
+static void timer_mod_in_fires_once_its_delay_has_passed(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    int64_t before = mono_now();
+    spindle_timer_mod_in(p.t, 2 * MS);
+    int64_t after = mono_now();
+    int64_t deadline = spindle_timer_expire_ns(p.t);
+    assert_true(spindle_timer_pending(p.t));
+    assert_true(deadline >= before + 2 * MS);
+    assert_true(deadline <= after + 2 * MS);
+    harness_poll_until(ctx, &p.fired, 100000);
+    harness_drain(ctx);
+    assert_int_equal(p.count, 1);
+    assert_true(p.fired_at >= deadline);
+
+    spindle_timer_free(p.t);
+}
+
+static void timer_mod_in_rearmed_pushes_the_deadline_back(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    /* An idle timeout re-armed on every "read": it fires once, after the
+     * last re-arm, never at an earlier deadline. */
+    int64_t last = 0;
+    for (int i = 0; i < 50; i++) {
+        spindle_timer_mod_in(p.t, 1 * MS);
+        last = spindle_timer_expire_ns(p.t);
+        assert_false(harness_poll(ctx, false));
+    }
+    harness_poll_until(ctx, &p.fired, 100000);
+    harness_drain(ctx);
+    assert_int_equal(p.count, 1);
+    assert_true(p.fired_at >= last);
+
+    spindle_timer_free(p.t);
+}
+
+static void timer_mod_in_with_a_negative_delay_is_due(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod_in(p.t, -HOUR);
+    assert_true(spindle_timer_pending(p.t));
+    assert_true(spindle_timer_expire_ns(p.t) >= 0);
+    assert_int_equal(spindle_compute_timeout(ctx), 0);
+    assert_true(harness_poll(ctx, false));
+    assert_int_equal(p.count, 1);
+
+    spindle_timer_free(p.t);
+}
+
+static void timer_mod_in_saturates_at_the_end_of_time(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    spindle_timer_mod_in(p.t, INT64_MAX);
+    assert_true(spindle_timer_pending(p.t));
+    assert_int_equal(spindle_timer_expire_ns(p.t), INT64_MAX);
+    assert_true(spindle_compute_timeout(ctx) > 100 * HOUR);
+    assert_false(harness_poll(ctx, false));
+    assert_int_equal(p.count, 0);
+
+    spindle_timer_free(p.t);
+}
+
+static void timer_mod_in_counts_on_the_timers_own_clock(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe p;
+    probe_init(&p, ctx, SPINDLE_CLOCK_REALTIME);
+
+    int64_t before = spindle_now_ns(SPINDLE_CLOCK_REALTIME);
+    spindle_timer_mod_in(p.t, 1 * MS);
+    int64_t after = spindle_now_ns(SPINDLE_CLOCK_REALTIME);
+    int64_t deadline = spindle_timer_expire_ns(p.t);
+    assert_true(deadline >= before + 1 * MS && deadline <= after + 1 * MS);
+    harness_poll_until(ctx, &p.fired, 100000);
+    assert_int_equal(p.count, 1);
+    assert_true(p.fired_at >= deadline);
+
+    spindle_timer_free(p.t);
+}
+
+static void timer_mod_in_null_handle_is_ignored(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    spindle_timer_mod_in(NULL, 1 * MS);
+    assert_int_equal(spindle_compute_timeout(ctx), -1);
+}
+
+/* ------------------------------------------------------------------------
+ * Deadlines far apart: what the wheel (src/timer-wheel.c) keeps on
+ * different levels, and moves between them
+ */
+
+static void timer_at_the_end_of_time_waits_while_nearer_ones_fire(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    enum { N = 4 };
+    struct order_log log = { .n = 0, .expected = N };
+    struct order_entry e[N];
+    for (unsigned i = 0; i < N; i++) {
+        e[i] = (struct order_entry){ .log = &log, .id = i };
+        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
+                                   &e[i]);
+        assert_non_null(e[i].t);
+    }
+    struct probe end;
+    probe_init(&end, ctx, SPINDLE_CLOCK_MONOTONIC);
+
+    int64_t now = mono_now();
+    spindle_timer_mod(end.t, INT64_MAX);
+    spindle_timer_mod(e[3].t, now + 3 * MS);   /* another level */
+    spindle_timer_mod(e[2].t, now + 300 * US);
+    spindle_timer_mod(e[1].t, now + 20 * US);
+    spindle_timer_mod(e[0].t, 0);              /* the beginning of time */
+    harness_poll_until(ctx, &log.all_fired, 100000);
+    harness_drain(ctx);
+
+    assert_int_equal(log.n, N);
+    for (unsigned k = 0; k < N; k++) {
+        assert_int_equal(log.seq[k], k);
+    }
+    assert_int_equal(end.count, 0);
+    assert_int_equal(spindle_timer_expire_ns(end.t), INT64_MAX);
+    assert_true(spindle_compute_timeout(ctx) > 100 * HOUR);
+
+    for (unsigned i = 0; i < N; i++) {
+        spindle_timer_free(e[i].t);
+    }
+    spindle_timer_free(end.t);
+}
+
+static void compute_timeout_is_exact_for_far_timers(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    enum { N = 100 };
+    unsigned count = 0;
+    spindle_timer *t[N];
+
+    /* A hundred deadlines in one far slot of the wheel, the earliest not
+     * the first armed: the timeout is to that one, not to the slot. */
+    int64_t now = mono_now(), first = now + 10 * HOUR + 123457;
+    for (unsigned i = 0; i < N; i++) {
+        t[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                 harness_count_cb, &count);
+        assert_non_null(t[i]);
+        spindle_timer_mod(t[i], first + (int64_t)((i * 37) % N) * 1000);
+    }
+    int64_t before = mono_now();
+    int64_t timeout = spindle_compute_timeout(ctx);
+    int64_t after = mono_now();
+    assert_true(timeout <= first - before);
+    assert_true(timeout >= first - after);
+
+    for (unsigned i = 0; i < N; i++) {
+        spindle_timer_free(t[i]);
+    }
+    assert_int_equal(count, 0);
+}
+
+/* Re-armed many times each, within a slot, across levels, into the past
+ * and back: every timer ends where its last arming put it. */
+static void timers_rearmed_many_times_fire_once_at_their_last_deadline(
+    void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    enum { N = 1000, ROUNDS = 100 };
+    struct mass_entry *entries = calloc(N, sizeof(*entries));
+    spindle_timer **timers = calloc(N, sizeof(*timers));
+    struct mass_state m = { .n = 0, .expected = N / 2 };
+    m.seq = calloc(N, sizeof(*m.seq));
+    assert_non_null(entries);
+    assert_non_null(timers);
+    assert_non_null(m.seq);
+    mass_state_ptr = &m;
+    for (size_t i = 0; i < N; i++) {
+        timers[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, mass_cb,
+                                      &entries[i]);
+        assert_non_null(timers[i]);
+    }
+
+    uint64_t s = 0xfeed;
+    int64_t now = mono_now();
+    for (unsigned r = 0; r < ROUNDS; r++) {
+        for (size_t i = 0; i < N; i++) {
+            uint64_t x = rng_next(&s);
+            int64_t d = x % 4 == 0 ? now + HOUR + (int64_t)(x % 1000) * US
+                        : x % 4 == 1 ? now + (int64_t)(x % 5000) * MS
+                        : x % 4 == 2 ? now + HOUR + (int64_t)(x % 1000)
+                                     : now - (int64_t)(x % 1000) * US;
+            spindle_timer_mod(timers[i], d);
+            if (x % 64 == 0) {
+                spindle_timer_del(timers[i]);
+            }
+        }
+    }
+    /* Last arming: half in the past, half an hour ahead. */
+    for (size_t i = 0; i < N; i++) {
+        entries[i].deadline = i % 2 ? now + HOUR + (int64_t)i
+                                    : now - (int64_t)(N - i) * US;
+        spindle_timer_mod(timers[i], entries[i].deadline);
+    }
+    harness_drain(ctx);
+
+    assert_int_equal(m.n, N / 2);
+    for (size_t i = 0; i < N; i++) {
+        assert_int_equal(entries[i].count, i % 2 ? 0 : 1);
+        assert_int_equal(spindle_timer_expire_ns(timers[i]),
+                         i % 2 ? entries[i].deadline : -1);
+    }
+    for (size_t k = 1; k < N / 2; k++) {
+        assert_true(m.seq[k] > m.seq[k - 1]);
+    }
+
+    mass_state_ptr = NULL;
+    free(m.seq);
+    free(timers);
+    free(entries);
 }
 
 /* ------------------------------------------------------------------------
@@ -976,31 +1189,26 @@ static void timer_new_with_null_ctx_fails_with_einval(void **state)
 
 static void timer_new_with_null_cb_fails_with_einval(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     errno = 0;
     assert_null(spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, NULL, &count));
     assert_int_equal(errno, EINVAL);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_new_with_unknown_clock_fails_with_einval(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     errno = 0;
     assert_null(spindle_timer_new(ctx, (spindle_clock)42, harness_count_cb,
                                   &count));
     assert_int_equal(errno, EINVAL);
-    spindle_ctx_free(ctx);
 }
 
 static void timer_null_handle_is_ignored(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
 
     spindle_timer_mod(NULL, mono_now());
     spindle_timer_mod_anticipate(NULL, mono_now());
@@ -1009,7 +1217,6 @@ static void timer_null_handle_is_ignored(void **state)
 
     assert_int_equal(spindle_compute_timeout(ctx), -1);
     assert_false(harness_poll(ctx, false));
-    spindle_ctx_free(ctx);
 }
 
 static void timer_null_handle_is_not_pending(void **state)
@@ -1025,8 +1232,7 @@ static void timer_null_handle_is_not_pending(void **state)
 
 static void ctx_free_with_armed_and_disarmed_timers_leaks_nothing(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *t[10];
 
@@ -1047,50 +1253,60 @@ static void ctx_free_with_armed_and_disarmed_timers_leaks_nothing(void **state)
 
     /* No callback runs; LeakSanitizer / valgrind report what is left. */
     spindle_ctx_free(ctx);
+    fixture_of(state)->ctx = NULL;
     assert_int_equal(count, 0);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TEST(timer_fires_once),
-        TEST(timer_never_fires_before_its_deadline),
-        TEST(timer_is_not_pending_inside_its_callback),
-        TEST(timer_with_past_deadline_fires_in_next_iteration),
-        TEST(blocking_poll_with_only_a_timer_returns_after_it_fires),
-        TEST(realtime_timer_fires_after_its_deadline),
-        TEST(timers_fire_in_deadline_order),
-        TEST(timers_with_equal_deadlines_fire_in_arming_order),
-        TEST(timer_rearmed_to_an_equal_deadline_fires_after_the_others),
-        TEST(many_random_timers_fire_once_in_deadline_order),
-        TEST(timer_rearmed_earlier_fires_at_the_new_deadline),
-        TEST(timer_rearmed_later_does_not_fire_at_the_old_deadline),
-        TEST(timer_del_stops_it),
-        TEST(timer_deleted_can_be_armed_again),
-        TEST(timer_mod_anticipate_never_moves_a_deadline_later),
-        TEST(timer_mod_anticipate_moves_a_deadline_earlier),
-        TEST(timer_mod_anticipate_arms_a_disarmed_timer),
-        TEST(timer_rearmed_in_past_by_its_callback_fires_once_per_iteration),
-        TEST(timer_armed_by_a_timer_callback_fires_in_a_later_iteration),
-        TEST(timer_freed_by_its_own_callback),
-        TEST(timer_rearmed_then_freed_by_its_own_callback_never_fires_again),
-        TEST(timer_freed_by_another_timer_callback_never_fires),
-        TEST(timer_freed_while_armed_never_fires),
-        TEST(timer_new_is_disarmed),
-        TEST(timer_armed_reports_pending_and_its_deadline),
-        TEST(timer_is_disarmed_after_it_fired),
-        TEST(now_ns_is_nondecreasing_on_the_monotonic_clock),
-        TEST(now_ns_with_an_invalid_clock_returns_einval),
-        TEST(compute_timeout_is_the_time_to_the_earliest_deadline),
-        TEST(compute_timeout_is_zero_with_an_expired_timer),
-        TEST(compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap),
-        TEST(timer_armed_from_another_thread_wakes_blocking_poll),
-        TEST(timer_new_with_null_ctx_fails_with_einval),
-        TEST(timer_new_with_null_cb_fails_with_einval),
-        TEST(timer_new_with_unknown_clock_fails_with_einval),
-        TEST(timer_null_handle_is_ignored),
-        TEST(timer_null_handle_is_not_pending),
-        TEST(ctx_free_with_armed_and_disarmed_timers_leaks_nothing),
+        TIMER_TEST(timer_fires_once),
+        TIMER_TEST(timer_never_fires_before_its_deadline),
+        TIMER_TEST(timer_is_not_pending_inside_its_callback),
+        TIMER_TEST(timer_with_past_deadline_fires_in_next_iteration),
+        TIMER_TEST(blocking_poll_with_only_a_timer_returns_after_it_fires),
+        TIMER_TEST(realtime_timer_fires_after_its_deadline),
+        TIMER_TEST(timers_fire_in_deadline_order),
+        TIMER_TEST(timers_with_equal_deadlines_fire_in_arming_order),
+        TIMER_TEST(timer_rearmed_to_an_equal_deadline_fires_after_the_others),
+        TIMER_TEST(many_random_timers_fire_once_in_deadline_order),
+        TIMER_TEST(timer_rearmed_earlier_fires_at_the_new_deadline),
+        TIMER_TEST(timer_rearmed_later_does_not_fire_at_the_old_deadline),
+        TIMER_TEST(timer_del_stops_it),
+        TIMER_TEST(timer_deleted_can_be_armed_again),
+        TIMER_TEST(timer_mod_anticipate_never_moves_a_deadline_later),
+        TIMER_TEST(timer_mod_anticipate_moves_a_deadline_earlier),
+        TIMER_TEST(timer_mod_anticipate_arms_a_disarmed_timer),
+        TIMER_TEST(timer_rearmed_in_past_by_its_callback_fires_once_per_iteration),
+        TIMER_TEST(timer_armed_by_a_timer_callback_fires_in_a_later_iteration),
+        TIMER_TEST(timer_freed_by_its_own_callback),
+        TIMER_TEST(timer_rearmed_then_freed_by_its_own_callback_never_fires_again),
+        TIMER_TEST(timer_freed_by_another_timer_callback_never_fires),
+        TIMER_TEST(timer_freed_while_armed_never_fires),
+        TIMER_TEST(timer_new_is_disarmed),
+        TIMER_TEST(timer_armed_reports_pending_and_its_deadline),
+        TIMER_TEST(timer_is_disarmed_after_it_fired),
+        TIMER_TEST(now_ns_is_nondecreasing_on_the_monotonic_clock),
+        TIMER_TEST(now_ns_with_an_invalid_clock_returns_einval),
+        TIMER_TEST(compute_timeout_is_the_time_to_the_earliest_deadline),
+        TIMER_TEST(compute_timeout_is_zero_with_an_expired_timer),
+        TIMER_TEST(compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap),
+        TIMER_TEST(timer_armed_from_another_thread_wakes_blocking_poll),
+        TIMER_TEST(timer_mod_in_fires_once_its_delay_has_passed),
+        TIMER_TEST(timer_mod_in_rearmed_pushes_the_deadline_back),
+        TIMER_TEST(timer_mod_in_with_a_negative_delay_is_due),
+        TIMER_TEST(timer_mod_in_saturates_at_the_end_of_time),
+        TIMER_TEST(timer_mod_in_counts_on_the_timers_own_clock),
+        TIMER_TEST(timer_mod_in_null_handle_is_ignored),
+        TIMER_TEST(timer_at_the_end_of_time_waits_while_nearer_ones_fire),
+        TIMER_TEST(compute_timeout_is_exact_for_far_timers),
+        TIMER_TEST(timers_rearmed_many_times_fire_once_at_their_last_deadline),
+        TIMER_TEST(timer_new_with_null_ctx_fails_with_einval),
+        TIMER_TEST(timer_new_with_null_cb_fails_with_einval),
+        TIMER_TEST(timer_new_with_unknown_clock_fails_with_einval),
+        TIMER_TEST(timer_null_handle_is_ignored),
+        TIMER_TEST(timer_null_handle_is_not_pending),
+        TIMER_TEST(ctx_free_with_armed_and_disarmed_timers_leaks_nothing),
     };
     return RUN_TESTS(tests);
 }
