@@ -28,6 +28,9 @@ typedef struct bench_adapter {
     int64_t timer_res_ns;
     bool timer_ordered;
     bool timer_reads_clock;
+    /* Whether timer_arm/timer_stop may be called from another thread while
+     * the loop runs (the library locks or queues, and wakes the loop). */
+    bool timer_any_thread;
     /* sizeof the handle the user owns for a watched fd or a timer (0 when the
      * library allocates it: that shows in the allocator deltas instead). */
     size_t fd_handle_size, timer_handle_size;

@@ -192,6 +192,19 @@ static bool is_late(const sp_wheel *w, int64_t key)
            (w->run_now != NOT_RUNNING && key <= w->run_now);
 }
 
+static bool is_staged(const sp_wheel *w, unsigned level, unsigned d)
+{
+    return w->stage_level && level == w->stage_level && d == w->stage_digit;
+}
+
+/* Into the staging area: by the digit of the level below the staged one. */
+static void place_staged(sp_wheel *w, spindle_timer *t)
+{
+    unsigned sub = digit((uint64_t)t->key, w->stage_level - 1);
+    push(&w->slot[SP_WHEEL_LEVELS][sub][stripe_of(t)], t);
+    w->stage_nonempty |= (uint64_t)1 << sub;
+}
+
 static void place(sp_wheel *w, spindle_timer *t)
 {
     if ((uint64_t)t->key < (uint64_t)w->cur) {
@@ -199,12 +212,20 @@ static void place(sp_wheel *w, spindle_timer *t)
         return;
     }
     unsigned level, d;
-    push(bucket_of(w, t, (uint64_t)t->key, &level, &d), t);
+    spindle_timer **list = bucket_of(w, t, (uint64_t)t->key, &level, &d);
+    if (is_staged(w, level, d)) {
+        place_staged(w, t);
+        return;
+    }
+    push(list, t);
     w->nonempty[level] |= (uint64_t)1 << d;
 }
 
 static bool bucket_empty(const sp_wheel *w, unsigned level, unsigned d)
 {
+    if (is_staged(w, level, d)) {
+        return false;
+    }
     for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
         if (w->slot[level][d][k]) {
             return false;
@@ -265,6 +286,129 @@ static void fetch(spindle_timer **lists)
     } while (more);
 }
 
+static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
+{
+    unsigned s = shift_of(level), above = s + SP_WHEEL_SLOT_BITS;
+    uint64_t high = above >= 64 ? 0 : ((uint64_t)w->cur >> above) << above;
+    return high | ((uint64_t)d << s);
+}
+
+/* ------------------------------------------------------------------------
+ * Staging. A cascade moves a whole bucket at once, and a bucket far up
+ * holds every timer due within its slot: at a million timers a second a
+ * level-3 slot (268 ms) holds 268,000, several milliseconds of work during
+ * which due timers wait. So the next bucket of a level at or above
+ * STAGE_LEVEL is spread ahead of time, a bounded amount per timeout
+ * computation and per run, over a spare set of 64 buckets laid out as the
+ * level below it will be once the wheel time reaches it. Timers armed for
+ * it meanwhile go straight there. When the wheel time reaches it, the level
+ * below is empty (the wheel time never passes a timer), and the spare set
+ * takes its place: what is left to cascade at once is its first slot.
+ */
+
+#define STAGE_LEVEL 3
+#ifndef SP_WHEEL_STAGE_BUDGET
+#define SP_WHEEL_STAGE_BUDGET 2048 /* timers spread per call */
+#endif
+
+static void stage_spread(sp_wheel *w, unsigned budget)
+{
+    bool more;
+    do {
+        more = false;
+        for (unsigned k = 0; k < SP_WHEEL_STRIPES && budget; k++) {
+            spindle_timer *t = w->stage_left[k];
+            if (t) {
+                w->stage_left[k] = t->next;
+                if (t->next) {
+                    /* A timer may be removed from what is left meanwhile. */
+                    t->next->pprev = &w->stage_left[k];
+                    __builtin_prefetch(t->next, 1);
+                    more = true;
+                }
+                place_staged(w, t);
+                budget--;
+            }
+        }
+    } while (more && budget);
+}
+
+/* Start staging the next bucket of the highest level that has one within
+ * a quarter of its slot width, and spread part of it. */
+static void stage_work(sp_wheel *w, int64_t now)
+{
+    if (!w->stage_level) {
+        for (unsigned l = SP_WHEEL_LEVELS; l-- > STAGE_LEVEL;) {
+            unsigned from = digit((uint64_t)w->cur, l) + 1;
+            uint64_t bits = from >= SP_WHEEL_SLOTS ? 0
+                            : w->nonempty[l] & (~(uint64_t)0 << from);
+            if (!bits) {
+                continue;
+            }
+            unsigned d = (unsigned)__builtin_ctzll(bits);
+            int64_t start = (int64_t)bucket_start(w, l, d);
+            if (start - now > ((int64_t)1 << (shift_of(l) - 2)) ||
+                bucket_empty(w, l, d)) {
+                continue;
+            }
+            for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+                w->stage_left[k] = w->slot[l][d][k];
+                if (w->stage_left[k]) {
+                    w->stage_left[k]->pprev = &w->stage_left[k];
+                }
+                w->slot[l][d][k] = NULL;
+            }
+            w->stage_level = l;
+            w->stage_digit = d;
+            break;
+        }
+    }
+    if (w->stage_level) {
+        stage_spread(w, SP_WHEEL_STAGE_BUDGET);
+    }
+}
+
+/* The wheel time reached the staged bucket: its spare set becomes the level
+ * below. */
+static void stage_land(sp_wheel *w)
+{
+    stage_spread(w, UINT32_MAX);
+    unsigned below = w->stage_level - 1;
+    sp_wheel_bucket *spare = &w->slot[SP_WHEEL_LEVELS];
+    for (uint64_t bits = w->stage_nonempty; bits; bits &= bits - 1) {
+        unsigned j = (unsigned)__builtin_ctzll(bits);
+        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+            spindle_timer *first = (*spare)[j][k];
+            w->slot[below][j][k] = first;
+            if (first) {
+                first->pprev = &w->slot[below][j][k];
+            }
+            (*spare)[j][k] = NULL;
+        }
+    }
+    w->nonempty[below] |= w->stage_nonempty;
+    w->nonempty[w->stage_level] &= ~((uint64_t)1 << w->stage_digit);
+    w->stage_nonempty = 0;
+    w->stage_level = 0;
+}
+
+/* Cascade a bucket whose slot the wheel time just entered. */
+static void cascade(sp_wheel *w, unsigned level, unsigned d)
+{
+    if (is_staged(w, level, d)) {
+        stage_land(w);
+        /* The wheel time is at the start of the slot: the first slot of the
+         * level below is its own, which must be empty. */
+        if (level > 1) {
+            cascade(w, level - 1, digit((uint64_t)w->cur, level - 1));
+        }
+        return;
+    }
+    spindle_timer *lists[SP_WHEEL_STRIPES];
+    take_bucket(w, level, d, lists);
+    place_all(w, lists);
+}
+
 /* Move the wheel time forward to `cur`. If that carries into the next slot
  * of a higher level, that slot's timers now agree with `cur` on its digit:
  * they belong lower, so it is cascaded. (The levels below it are empty: the
@@ -278,9 +422,7 @@ static void set_cur(sp_wheel *w, uint64_t cur)
         unsigned level = 1 + (63u - (unsigned)__builtin_clzll(changed)) /
                                  SP_WHEEL_SLOT_BITS;
         if (level < SP_WHEEL_LEVELS) {
-            spindle_timer *lists[SP_WHEEL_STRIPES];
-            take_bucket(w, level, digit(cur, level), lists);
-            place_all(w, lists);
+            cascade(w, level, digit(cur, level));
         }
     }
 }
@@ -310,25 +452,19 @@ static bool earliest(sp_wheel *w, unsigned *level, unsigned *d)
     return false;
 }
 
-static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
-{
-    unsigned s = shift_of(level), above = s + SP_WHEEL_SLOT_BITS;
-    uint64_t high = above >= 64 ? 0 : ((uint64_t)w->cur >> above) << above;
-    return high | ((uint64_t)d << s);
-}
 
 /* Cascade the bucket, or open it if at level 0. */
 static void step(sp_wheel *w, unsigned level, unsigned d)
 {
     uint64_t start = bucket_start(w, level, d);
-    spindle_timer *lists[SP_WHEEL_STRIPES];
-    take_bucket(w, level, d, lists);
     if (level > 0) {
         /* The levels below are empty, so nothing is passed over. */
         w->cur = (int64_t)start;
-        place_all(w, lists);
+        cascade(w, level, d);
         return;
     }
+    spindle_timer *lists[SP_WHEEL_STRIPES];
+    take_bucket(w, level, d, lists);
     set_cur(w, start + RES);
     fetch(lists);
     spindle_timer *list = sort(lists, SP_WHEEL_STRIPES);
@@ -411,6 +547,29 @@ static void rebase(sp_wheel *w, int64_t now)
         all = t;
     }
     w->run = w->run_last = NULL;
+    if (w->stage_level) {
+        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+            for (spindle_timer *t = w->stage_left[k], *next; t; t = next) {
+                next = t->next;
+                t->next = all;
+                all = t;
+            }
+            w->stage_left[k] = NULL;
+        }
+        for (unsigned d = 0; d < SP_WHEEL_SLOTS; d++) {
+            for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+                for (spindle_timer *t = w->slot[SP_WHEEL_LEVELS][d][k], *next;
+                     t; t = next) {
+                    next = t->next;
+                    t->next = all;
+                    all = t;
+                }
+                w->slot[SP_WHEEL_LEVELS][d][k] = NULL;
+            }
+        }
+        w->stage_nonempty = 0;
+        w->stage_level = 0;
+    }
     for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
         for (unsigned d = 0; d < SP_WHEEL_SLOTS; d++) {
             spindle_timer *lists[SP_WHEEL_STRIPES];
@@ -449,7 +608,7 @@ void sp_wheel_init(sp_wheel *w)
 int sp_wheel_alloc(sp_wheel *w)
 {
     if (!w->slot) {
-        w->slot = sp_calloc(SP_WHEEL_LEVELS, sizeof(*w->slot));
+        w->slot = sp_calloc(SP_WHEEL_LEVELS + 1, sizeof(*w->slot));
         if (!w->slot) {
             return -ENOMEM;
         }
@@ -496,7 +655,8 @@ void sp_wheel_move(sp_wheel *w, spindle_timer *t, int64_t key, uint32_t seq)
     unsigned l0, d0, l1, d1;
     if (t->pprev && !is_late(w, t->key) && !is_late(w, key) &&
         bucket_of(w, t, (uint64_t)t->key, &l0, &d0) ==
-            bucket_of(w, t, (uint64_t)key, &l1, &d1)) {
+            bucket_of(w, t, (uint64_t)key, &l1, &d1) &&
+        !is_staged(w, l0, d0)) {
         t->key = key;
         t->seq = seq;
         return;
@@ -547,6 +707,7 @@ spindle_timer *sp_wheel_due(sp_wheel *w)
 
 void sp_wheel_end_run(sp_wheel *w, int64_t outer)
 {
+    stage_work(w, w->run_now);
     w->run_now = outer;
 }
 
@@ -569,6 +730,7 @@ int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
     }
     for (;;) {
         if (w->run) {
+            stage_work(w, now);
             return w->run->key < late ? w->run->key : late;
         }
         unsigned level, d;
@@ -581,14 +743,25 @@ int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
             continue;
         }
         /* Its earliest key is the earliest of the wheel. */
+        stage_work(w, now);
         int64_t min = INT64_MAX;
         unsigned n = 0;
-        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
-            for (spindle_timer *t = w->slot[level][d][k]; t; t = t->next) {
-                if (++n > SCAN_MAX && !exact) {
-                    return (int64_t)start < late ? (int64_t)start : late;
+        /* A staged bucket is what is left of it plus the spare set. */
+        bool staged = is_staged(w, level, d);
+        spindle_timer **lists[2] = {
+            staged ? w->stage_left : w->slot[level][d],
+            &w->slot[SP_WHEEL_LEVELS][0][0],
+        };
+        unsigned nlists[2] = { SP_WHEEL_STRIPES,
+                               staged ? SP_WHEEL_SLOTS * SP_WHEEL_STRIPES : 0 };
+        for (unsigned g = 0; g < 2; g++) {
+            for (unsigned k = 0; k < nlists[g]; k++) {
+                for (spindle_timer *t = lists[g][k]; t; t = t->next) {
+                    if (++n > SCAN_MAX && !exact) {
+                        return (int64_t)start < late ? (int64_t)start : late;
+                    }
+                    min = t->key < min ? t->key : min;
                 }
-                min = t->key < min ? t->key : min;
             }
         }
         return min < late ? min : late;

@@ -51,8 +51,14 @@ typedef struct sp_wheel {
     spindle_timer *run_last;
     spindle_timer *late;     /* keys before cur, not yet sorted into run */
     uint64_t nonempty[SP_WHEEL_LEVELS]; /* may be stale: set, yet empty */
-    /* [SP_WHEEL_LEVELS]: 37 KiB, allocated with the clock's first timer */
+    /* [SP_WHEEL_LEVELS], then the staging area: 41 KiB, allocated with the
+     * clock's first timer */
     sp_wheel_bucket *slot;
+    /* A big bucket being spread ahead of time over the level below
+     * (timer-wheel.c); stage_level 0: none. */
+    unsigned stage_level, stage_digit;
+    spindle_timer *stage_left[SP_WHEEL_STRIPES]; /* not spread yet */
+    uint64_t stage_nonempty;
 } sp_wheel;
 
 void sp_wheel_init(sp_wheel *w);

@@ -44,9 +44,6 @@
 #include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
-#ifdef SP_EXPERIMENT_HUGE
-#include <sys/mman.h>
-#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SP_ASAN 1
@@ -322,19 +319,7 @@ spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
         return NULL;
     }
     if (!c->free) {
-#ifdef SP_EXPERIMENT_HUGE
-        static char *arena, *arena_end;
-        if (arena == arena_end) {
-            arena = mmap(NULL, 1 << 28, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            char *a = (char *)(((uintptr_t)arena + (1 << 21) - 1) & ~(uintptr_t)((1 << 21) - 1));
-            madvise(a, (1 << 28) - (1 << 21), MADV_HUGEPAGE);
-            arena = a; arena_end = a + (1 << 28) - (1 << 21);
-        }
-        sp_timer_slab *s = (sp_timer_slab *)arena;
-        arena += SLAB_BYTES;
-#else
         sp_timer_slab *s = sp_aligned_alloc(SLAB_BYTES, SLAB_BYTES);
-#endif
         if (!s) {
             if (taken) {
                 let_go(ctx);

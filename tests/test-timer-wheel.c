@@ -350,6 +350,50 @@ static void a_bucket_opened_early_leaves_nearer_timers_first(void **state)
     assert_int_equal(run(f, false), 4);
 }
 
+static void a_big_far_bucket_is_staged_and_lands_in_order(void **state)
+{
+    struct fixture *f = *state;
+    /* All in one level-3 slot: 2^28 ns. The clock walks to it in small
+     * steps, so the wheel spreads it ahead of time; meanwhile timers are
+     * moved, removed, and new ones armed into it. */
+    int64_t slot3 = (int64_t)1 << (SP_WHEEL_RES_BITS + 3 * SP_WHEEL_SLOT_BITS);
+    int64_t start = (f->now / slot3 + 2) * slot3;
+    for (unsigned i = 0; i < 400; i++) {
+        arm(f, i, start + (int64_t)(rnd(f) % (uint64_t)slot3));
+    }
+    bool seen_staging = false;
+    unsigned k = 0;
+    while (f->w.linked) {
+        f->now += (int64_t)(rnd(f) % (uint64_t)(slot3 / 64));
+        uint64_t r = rnd(f);
+        unsigned i = (unsigned)(r % 400);
+        if (r % 5 == 0) {
+            disarm(f, i);
+        } else if (r % 5 == 1 && k++ < 300) {
+            arm(f, i, start + (int64_t)(rnd(f) % (uint64_t)slot3));
+        } else if (r % 5 == 2 && k++ < 300) {
+            arm(f, 400 + i % 100, start + (int64_t)(rnd(f) % (uint64_t)slot3));
+        }
+        /* The timers at the front of what is left to spread: the ones
+         * whose neighbours the spreading moves. */
+        for (unsigned s = 0; f->w.stage_level && s < SP_WHEEL_STRIPES; s++) {
+            spindle_timer *head = f->w.stage_left[s];
+            if (head && rnd(f) % 2) {
+                unsigned j = (unsigned)(head - f->t);
+                if (rnd(f) % 2) {
+                    disarm(f, j);
+                } else {
+                    arm(f, j, start + (int64_t)(rnd(f) % (uint64_t)slot3));
+                }
+            }
+        }
+        check_next(f);
+        seen_staging |= f->w.stage_level != 0;
+        run(f, r % 3 == 0);
+    }
+    assert_true(seen_staging);
+}
+
 /* ------------------------------------------------------------------------
  * Random sequences against the model
  */
@@ -418,6 +462,7 @@ int main(void)
         WHEEL_TEST(moving_within_a_slot_and_out_of_it_keeps_the_order),
         WHEEL_TEST(a_clock_going_back_an_hour_loses_and_advances_nothing),
         WHEEL_TEST(a_bucket_opened_early_leaves_nearer_timers_first),
+        WHEEL_TEST(a_big_far_bucket_is_staged_and_lands_in_order),
         WHEEL_TEST(random_operations_agree_with_the_model),
     };
     return RUN_TESTS(tests);

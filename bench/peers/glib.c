@@ -186,6 +186,7 @@ const bench_adapter adapter_glib = {
     .name = "glib",
     .timer_res_ns = 1000,
     .timer_ordered = false, /* sources due together run in attach order */
+    .timer_any_thread = true,
     .loop_new = loop_new, .loop_free = loop_free, .run_once = run_once,
     .async_new = ready_new, .async_send = async_send, .async_free = ready_free,
     .fd_new = fd_new, .fd_free = fd_free,

@@ -111,6 +111,7 @@ const bench_adapter adapter_libevent = {
     .name = "libevent",
     .timer_res_ns = 1000,
     .timer_ordered = true,
+    .timer_any_thread = true,
     .timer_reads_clock = true,
     .loop_new = loop_new, .loop_free = loop_free, .run_once = run_once,
     .async_new = async_new, .async_send = async_send, .async_free = w_free,

@@ -183,7 +183,8 @@ static void work_free(void *p) { bench_free(p); }
 
 /* What the two ways of running a context share. */
 #define SPINDLE_ADAPTER_OPS                                                      \
-    .timer_res_ns = 1, .timer_ordered = true, .loop_free = loop_free,           \
+    .timer_res_ns = 1, .timer_ordered = true, .timer_any_thread = true,         \
+    .loop_free = loop_free,                                                     \
     .async_new = async_new, .async_send = async_send, .async_free = async_free, \
     .fd_new = fd_new, .fd_free = fd_free, .now_update = now_update,             \
     .timer_new = timer_new, .timer_arm = timer_arm, .timer_stop = timer_stop,   \

@@ -1,8 +1,13 @@
 /* timers: one million one-shot timers armed (handles created beforehand,
  * untimed, as the peers' handles are preallocated) and fired: ns per arm,
  * ns per fire; each must fire once, in deadline order. Churn: re-arming and
- * stopping 10,000 armed timers a million times: ns per operation.
+ * stopping 10,000 armed timers a million times: ns per operation, on the
+ * loop's thread and from another thread while the loop runs (libraries
+ * that allow it). The live second: a million timers due over one second,
+ * fired by a loop running as it would: CPU per timer and lateness.
  * SPDX-License-Identifier: MIT */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "rows.h"
@@ -105,60 +110,215 @@ static uint64_t lcg(uint64_t *s)
 
 /* Churn: k timers armed 100 s or more ahead (none fires); each operation picks
  * one at random and stops it (if armed, one time in four) or moves it to a
- * new random deadline. */
-static double churn(const bench_impl *im, long k, long ops)
+ * new random deadline. The random choices are drawn before the clock starts. */
+typedef struct churn_run {
+    const bench_adapter *a;
+    void *loop;
+    long k, ops;
+    void **t;
+    bool *armed;
+    uint32_t *pick;
+    int64_t *when;
+    tm_run r;
+    tm_slot slot;
+    /* Cross-thread variant: the loop thread runs until `done`. */
+    void *async;
+    atomic_bool done;
+    int64_t t0, t1;
+} churn_run;
+
+static void churn_setup(churn_run *c, const bench_impl *im, long k, long ops)
 {
-    const bench_adapter *a = im->a;
-    void *loop = a->loop_new(&im->opts);
-    void **t = malloc(k * sizeof *t);
-    bool *armed = calloc(k, 1);
-    long fired = 0;
-    tm_run r = {.n = 0};
-    tm_slot slot = {&r, 0};
-    BENCH_CHECK(t && armed, "out of memory");
-    r.count = calloc(1, 1);
-    r.order = NULL;
+    *c = (churn_run){.a = im->a, .k = k, .ops = ops};
+    c->loop = c->a->loop_new(&im->opts);
+    c->t = malloc(k * sizeof *c->t);
+    c->armed = calloc(k, 1);
+    c->r.count = calloc(1, 1);
+    c->slot = (tm_slot){&c->r, 0};
+    c->pick = malloc(ops * sizeof *c->pick);
+    c->when = malloc(ops * sizeof *c->when);
+    BENCH_CHECK(c->t && c->armed && c->r.count && c->pick && c->when, "out of memory");
     for (long i = 0; i < k; i++)
-        t[i] = a->timer_new(loop, on_fire, &slot);
-    a->now_update(loop);
+        c->t[i] = c->a->timer_new(c->loop, on_fire, &c->slot);
+    c->a->now_update(c->loop);
     uint64_t seed = 42;
     for (long i = 0; i < k; i++) {
-        a->timer_arm(t[i], CHURN_AHEAD_NS + (int64_t)(lcg(&seed) % 1000000) * 1000);
-        armed[i] = true;
+        c->a->timer_arm(c->t[i], CHURN_AHEAD_NS + (int64_t)(lcg(&seed) % 1000000) * 1000);
+        c->armed[i] = true;
     }
-    /* The operations' random choices, drawn before the clock starts. */
-    uint32_t *pick = malloc(ops * sizeof *pick);
-    int64_t *when = malloc(ops * sizeof *when);
-    BENCH_CHECK(pick && when, "out of memory");
     for (long o = 0; o < ops; o++) {
         uint64_t x = lcg(&seed);
-        pick[o] = (uint32_t)(x % k) | (uint32_t)(((x >> 24) & 3) == 0) << 31;
-        when[o] = CHURN_AHEAD_NS + (int64_t)(lcg(&seed) % 1000000) * 1000;
+        c->pick[o] = (uint32_t)(x % k) | (uint32_t)(((x >> 24) & 3) == 0) << 31;
+        c->when[o] = CHURN_AHEAD_NS + (int64_t)(lcg(&seed) % 1000000) * 1000;
     }
-    int64_t t0 = now_ns();
-    for (long o = 0; o < ops; o++) {
-        uint32_t i = pick[o] & 0x7fffffff;
-        if ((pick[o] >> 31) && armed[i]) {
-            a->timer_stop(t[i]);
-            armed[i] = false;
+}
+
+static void churn_ops(churn_run *c)
+{
+    const bench_adapter *a = c->a;
+    for (long o = 0; o < c->ops; o++) {
+        uint32_t i = c->pick[o] & 0x7fffffff;
+        if ((c->pick[o] >> 31) && c->armed[i]) {
+            a->timer_stop(c->t[i]);
+            c->armed[i] = false;
         } else {
-            a->timer_arm(t[i], when[o]);
-            armed[i] = true;
+            a->timer_arm(c->t[i], c->when[o]);
+            c->armed[i] = true;
         }
     }
+}
+
+static void churn_teardown(churn_run *c, const char *label)
+{
+    c->a->run_once(c->loop, false);
+    BENCH_CHECK(c->r.fired == 0, "%s: %ld timers fired during churn", label, c->r.fired);
+    for (long i = 0; i < c->k; i++)
+        c->a->timer_free(c->t[i]);
+    if (c->async)
+        c->a->async_free(c->async);
+    c->a->loop_free(c->loop);
+    free(c->t);
+    free(c->armed);
+    free(c->pick);
+    free(c->when);
+    free(c->r.count);
+}
+
+static double churn(const bench_impl *im, long k, long ops)
+{
+    churn_run c;
+    churn_setup(&c, im, k, ops);
+    int64_t t0 = now_ns();
+    churn_ops(&c);
     int64_t t1 = now_ns();
-    a->run_once(loop, false);
-    fired = r.fired;
-    BENCH_CHECK(fired == 0, "%s: %ld timers fired during churn", im->label, fired);
-    for (long i = 0; i < k; i++)
+    churn_teardown(&c, im->label);
+    return (double)(t1 - t0) / ops;
+}
+
+/* Cross-thread churn: the same operations made by another thread while the
+ * loop thread runs blocking iterations (the library applies them, locking or
+ * queueing, and wakes the loop when it must). Reported: ns per operation on
+ * the thread making them, and the CPU the loop thread spent meanwhile, per
+ * operation (applying them, waking up), which a same-thread churn pays
+ * inline. */
+static void churn_wake(void *p) { (void)p; }
+
+static void *churn_thread(void *p)
+{
+    churn_run *c = p;
+    c->t0 = now_ns();
+    churn_ops(c);
+    c->t1 = now_ns();
+    atomic_store(&c->done, true);
+    c->a->async_send(c->async);
+    return NULL;
+}
+
+static void churn_remote(const bench_impl *im, long k, long ops, double *op_ns,
+                         double *loop_cpu_ns)
+{
+    churn_run c;
+    churn_setup(&c, im, k, ops);
+    c.async = c.a->async_new(c.loop, churn_wake, NULL);
+    atomic_init(&c.done, false);
+    pthread_t th;
+    int64_t cpu0 = thread_cpu_ns();
+    BENCH_CHECK(pthread_create(&th, NULL, churn_thread, &c) == 0, "pthread_create");
+    while (!atomic_load(&c.done))
+        c.a->run_once(c.loop, true);
+    pthread_join(th, NULL);
+    c.a->run_once(c.loop, false); /* whatever was queued last */
+    int64_t cpu1 = thread_cpu_ns();
+    churn_teardown(&c, im->label);
+    *op_ns = (double)(c.t1 - c.t0) / ops;
+    *loop_cpu_ns = (double)(cpu1 - cpu0) / ops;
+}
+
+/* The live second: n timers armed on deadlines spread evenly over one
+ * second (after a lead that leaves every library time to arm them all),
+ * then blocking iterations until all have fired: the loop thread's CPU time
+ * per timer, and how late they fired (the clock in the callback minus the
+ * deadline in the library's resolution): the largest and the 99th
+ * percentile. */
+#define LIVE_LEAD_NS 500000000LL
+
+typedef struct live_run {
+    long n, fired;
+    int64_t base, res;
+    int64_t *delay;
+    float *late_us;
+} live_run;
+
+typedef struct live_slot {
+    live_run *r;
+    int32_t i;
+} live_slot;
+
+static void on_live(void *p)
+{
+    live_slot *s = p;
+    live_run *r = s->r;
+    int64_t d = r->delay[s->i];
+    if (r->res > 1)
+        d = (d + r->res - 1) / r->res * r->res;
+    r->late_us[s->i] = (float)((now_ns() - (r->base + d)) / 1e3);
+    r->fired++;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static void live(const bench_impl *im, long n, double *cpu_ns, double *late_max_us,
+                 double *late_p99_us)
+{
+    const bench_adapter *a = im->a;
+    live_run r = {.n = n, .res = a->timer_res_ns};
+    r.delay = malloc(n * sizeof *r.delay);
+    r.late_us = malloc(n * sizeof *r.late_us);
+    live_slot *slots = malloc(n * sizeof *slots);
+    void **t = malloc(n * sizeof *t);
+    BENCH_CHECK(r.delay && r.late_us && slots && t, "out of memory");
+    void *loop = a->loop_new(&im->opts);
+    for (long i = 0; i < n; i++) {
+        r.delay[i] = LIVE_LEAD_NS + (int64_t)((i * 7919) % n) * (1000000000 / n);
+        r.late_us[i] = -1;
+        slots[i] = (live_slot){&r, (int32_t)i};
+        t[i] = a->timer_new(loop, on_live, &slots[i]);
+    }
+    /* Before the library's own base (now_update), in its resolution: its
+     * deadlines are then at or after base + delay. */
+    r.base = now_ns();
+    if (r.res > 1)
+        r.base = r.base / r.res * r.res;
+    a->now_update(loop);
+    for (long i = 0; i < n; i++)
+        a->timer_arm(t[i], r.delay[i]);
+    BENCH_CHECK(now_ns() < r.base + LIVE_LEAD_NS, "%s: arming %ld timers took longer than "
+                "the lead", im->label, n);
+    int64_t c0 = thread_cpu_ns();
+    while (r.fired < n)
+        a->run_once(loop, true);
+    int64_t c1 = thread_cpu_ns();
+    BENCH_CHECK(r.fired == n, "%s: %ld timers fired of %ld", im->label, r.fired, n);
+    /* spindle never fires early; a peer may (libevent reads a coarse clock),
+     * which shows as a negative lateness. */
+    for (long i = 0; i < n && im->kind == KIND_SPINDLE; i++)
+        BENCH_CHECK(r.late_us[i] >= 0, "%s: timer %ld fired early (%.1f us)", im->label, i,
+                    r.late_us[i]);
+    qsort(r.late_us, n, sizeof *r.late_us, cmp_float);
+    *cpu_ns = (double)(c1 - c0) / n;
+    *late_max_us = r.late_us[n - 1];
+    *late_p99_us = r.late_us[n - 1 - n / 100];
+    for (long i = 0; i < n; i++)
         a->timer_free(t[i]);
     a->loop_free(loop);
+    free(r.delay);
+    free(r.late_us);
+    free(slots);
     free(t);
-    free(armed);
-    free(pick);
-    free(when);
-    free(r.count);
-    return (double)(t1 - t0) / ops;
 }
 
 void row_timers(void)
@@ -195,5 +355,32 @@ void row_timers(void)
             v[r] = churn(&impls[i], 10000, ops);
         result_add("timers churn", param, "ns/op", impls[i].label, impls[i].kind, v, cfg.reps,
                    "");
+    }
+    for (int i = 0; i < k; i++) {
+        if (!impl_wanted(impls[i].label) || !impls[i].a->timer_any_thread)
+            continue;
+        double v[64], w[64], d;
+        churn_remote(&impls[i], 10000, ops / 10, &d, &d);
+        for (int r = 0; r < cfg.reps; r++)
+            churn_remote(&impls[i], 10000, ops, &v[r], &w[r]);
+        result_add("timers churn x-thread", param, "ns/op", impls[i].label, impls[i].kind, v,
+                   cfg.reps, "on the thread making the changes");
+        result_add("timers churn x-thread", param, "loop CPU ns/op", impls[i].label,
+                   impls[i].kind, w, cfg.reps, "the loop thread's, applying them");
+    }
+    snprintf(param, sizeof param, "n=%ld", n);
+    for (int i = 0; i < k; i++) {
+        if (!impl_wanted(impls[i].label))
+            continue;
+        double cpu[64], mx[64], p99[64];
+        for (int r = 0; r < cfg.reps; r++)
+            live(&impls[i], n, &cpu[r], &mx[r], &p99[r]);
+        const char *note = impls[i].a->timer_res_ns >= 1000000 ? "ms deadlines" : "";
+        result_add("timers live second", param, "CPU ns/timer", impls[i].label,
+                   impls[i].kind, cpu, cfg.reps, "");
+        result_add("timers live second", param, "us late, max", impls[i].label,
+                   impls[i].kind, mx, cfg.reps, note);
+        result_add("timers live second", param, "us late, p99", impls[i].label,
+                   impls[i].kind, p99, cfg.reps, note);
     }
 }
