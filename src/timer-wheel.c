@@ -649,17 +649,22 @@ void sp_wheel_move(sp_wheel *w, spindle_timer *t, int64_t key, uint32_t seq)
 {
     /* A timer in a bucket is where bucket_of() says: the wheel time never
      * passed its bucket (that would have cascaded or opened it) and is not
-     * behind the time it was placed from. So if the new key maps to the
-     * same list, only the key changes: a timeout pushed back by a little,
-     * the common case, touches nothing but the timer. */
-    unsigned l0, d0, l1, d1;
-    if (t->pprev && !is_late(w, t->key) && !is_late(w, key) &&
-        bucket_of(w, t, (uint64_t)t->key, &l0, &d0) ==
-            bucket_of(w, t, (uint64_t)key, &l1, &d1) &&
-        !is_staged(w, l0, d0)) {
-        t->key = key;
-        t->seq = seq;
-        return;
+     * behind the time it was placed from. If the new key agrees with the
+     * old one on every bit from that bucket's digit up, both map to it, and
+     * only the key changes: a timeout pushed back by a little, the common
+     * case, touches nothing but the timer. */
+    uint64_t cur = (uint64_t)w->cur, old = (uint64_t)t->key;
+    if (t->pprev && old >= cur && (uint64_t)key >= cur &&
+        (w->run_now == NOT_RUNNING ||
+         ((int64_t)old > w->run_now && key > w->run_now))) {
+        unsigned level, d;
+        bucket_of(w, t, (uint64_t)key, &level, &d);
+        if (((old ^ (uint64_t)key) >> shift_of(level)) == 0 &&
+            !is_staged(w, level, d)) {
+            t->key = key;
+            t->seq = seq;
+            return;
+        }
     }
     sp_wheel_remove(w, t);
     t->key = key;

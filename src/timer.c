@@ -265,12 +265,8 @@ static spindle_timer *qnext_of(spindle_timer *t)
 }
 
 /* Apply every queued request. Holder only. */
-static void drain(spindle_ctx *ctx)
+static void drain_queue(spindle_ctx *ctx)
 {
-    if (atomic_load_explicit(&ctx->timer_queue, memory_order_relaxed) ==
-        QUEUE_END) {
-        return;
-    }
     /* Acquire pairs with the pushes' release. */
     spindle_timer *list = atomic_exchange_explicit(
         &ctx->timer_queue, QUEUE_END, memory_order_acquire);
@@ -295,6 +291,14 @@ static void drain(spindle_ctx *ctx)
         /* A request made since the first pass is the newest. */
         uint32_t off = ticket_of(t) - lo;
         place(clock_of(t), t, expire, base + (off > span ? span : off));
+    }
+}
+
+static inline void drain(spindle_ctx *ctx)
+{
+    if (atomic_load_explicit(&ctx->timer_queue, memory_order_relaxed) !=
+        QUEUE_END) {
+        drain_queue(ctx);
     }
 }
 

@@ -37,7 +37,9 @@
  *   (deadline, arm order) order, each once, and is complete: none of them
  *   is left when spindle_poll returns. A timer is not pending in its
  *   callback; pending/expire_ns agree with the model after every operation.
- *   mod_anticipate only moves a deadline earlier (or arms).
+ *   mod_anticipate only moves a deadline earlier (or arms). mod_in (the
+ *   mod opcode with bit 0x20 in its deadline code) arms at now plus its
+ *   delay, past or far (the deadline it reports is checked, then used).
  * - fd handlers and event notifiers: a removed or replaced registration is
  *   never called after the call that removed it returned; an external one is
  *   not called while external handlers are disabled; one whose interest is
@@ -510,6 +512,27 @@ static int64_t deadline_of(uint8_t code)
     return (code & 0x10 ? FUTURE_BASE : PAST_BASE) + (code & 0x0f);
 }
 
+/* spindle_timer_mod_in with a delay that makes the deadline past (18 min
+ * ago, or 0 if the clock is younger) or far (FUTURE_BASE from now): the
+ * deadline it reports must be now plus the delay, for a `now` taken during
+ * the call. Returns it, for the model. */
+static int64_t mod_in(spindle_timer *t, uint8_t code)
+{
+    int64_t delta = code & 0x10 ? FUTURE_BASE + (code & 0x0f)
+                                : -(INT64_C(1) << 40) - (code & 0x0f);
+    int64_t before = spindle_now_ns(SPINDLE_CLOCK_MONOTONIC);
+    spindle_timer_mod_in(t, delta);
+    int64_t after = spindle_now_ns(SPINDLE_CLOCK_MONOTONIC);
+    int64_t dl = spindle_timer_expire_ns(t);
+    int64_t lo = before + delta, hi = after + delta;
+    lo = lo < 0 ? 0 : lo;
+    hi = hi < 0 ? 0 : hi;
+    CHECK(dl >= lo && dl <= hi, "mod_in(%lld): deadline %lld, not in "
+          "[%lld, %lld]", (long long)delta, (long long)dl, (long long)lo,
+          (long long)hi);
+    return dl;
+}
+
 static void bh_schedule_model(int r, bool idle)
 {
     int k = queue_find_rec(r);
@@ -676,14 +699,17 @@ static void run_op(void)
         break;
     }
     case 7:
-    case 8: { /* mod, mod_anticipate */
+    case 8: { /* mod (or mod_in), mod_anticipate */
         int i = a % NTIMER;
         struct timer_slot *t = &timers[i];
-        int64_t dl = deadline_of(next_byte());
+        uint8_t code = next_byte();
+        int64_t dl = deadline_of(code);
         if (t->rec < 0) {
             break;
         }
-        if (op % 24 == 7) {
+        if (op % 24 == 7 && (code & 0x20)) {
+            dl = mod_in(t->t, code);
+        } else if (op % 24 == 7) {
             spindle_timer_mod(t->t, dl);
         } else {
             spindle_timer_mod_anticipate(t->t, dl);

@@ -17,6 +17,7 @@ import sys
  POLL, POLL2, NOTIFY, TIMEOUT, T_CHECK, INTEREST) = range(25)
 CB, ACT = 0, 1
 PAST, FUTURE = 0x00, 0x10   # deadline codes (| 0..15 for the offset)
+IN = 0x20                   # T_MOD deadline code: spindle_timer_mod_in
 EXT = 0x80                  # REG argument: external handler
 ON, WRONG = 0x40, 0x80      # INTEREST argument: interest on; ask the other
                             # direction too (no callback: -EINVAL)
@@ -76,6 +77,11 @@ SEEDS = {
                         ACT, T_MOD, 1, PAST, ACT, POLL, 0, CB),
     "timer-free-armed": ops(POLLB, T_NEW, 0, T_MOD, 0, FUTURE, T_FREE, 0,
                             T_NEW, 0, T_MOD, 0, PAST, POLL, 0, CB),
+    "timer-mod-in": ops(AUTO, T_NEW, 0, T_NEW, 1, T_NEW, 2,
+                        T_MOD, 0, IN | FUTURE | 2, T_MOD, 1, IN | PAST | 1,
+                        T_MOD, 2, PAST | 3, TIMEOUT, 0, T_CHECK, 0,
+                        POLL, 0, CB, ACT, T_MOD, 1, IN | PAST, CB,
+                        POLL, 0, CB, TIMEOUT, 0),
     # handlers
     "pipe-read": ops(AUTO, REG, 0, WRITE, 0, POLL, 0, CB, DRAIN, 0, POLL, 0),
     "pipe-read-epoll": ops(EPOLL, REG, 1, WRITE, 1 | 8, POLL, 0, ACT, DRAIN, 1,
