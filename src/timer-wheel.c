@@ -46,11 +46,7 @@
  */
 #include "timer-wheel.h"
 
-#include <errno.h>
 #include <stddef.h>
-#include <stdlib.h>
-
-#include "fault.h"
 
 #define RES ((uint64_t)1 << SP_WHEEL_RES_BITS)
 #define SLOT_MASK ((uint64_t)SP_WHEEL_SLOTS - 1)
@@ -600,27 +596,11 @@ static void check_clock(sp_wheel *w, int64_t now)
  * The interface (timer-wheel.h)
  */
 
-void sp_wheel_init(sp_wheel *w)
+void sp_wheel_init(sp_wheel *w, sp_wheel_bucket *buckets)
 {
-    *w = (sp_wheel){ .run_now = NOT_RUNNING };
+    *w = (sp_wheel){ .run_now = NOT_RUNNING, .slot = buckets };
 }
 
-int sp_wheel_alloc(sp_wheel *w)
-{
-    if (!w->slot) {
-        w->slot = sp_calloc(SP_WHEEL_LEVELS + 1, sizeof(*w->slot));
-        if (!w->slot) {
-            return -ENOMEM;
-        }
-    }
-    return 0;
-}
-
-void sp_wheel_destroy(sp_wheel *w)
-{
-    free(w->slot);
-    w->slot = NULL;
-}
 
 void sp_wheel_settle(sp_wheel *w, int64_t now)
 {

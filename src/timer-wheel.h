@@ -42,6 +42,7 @@ struct spindle_timer {
 };
 
 typedef spindle_timer *sp_wheel_bucket[SP_WHEEL_SLOTS][SP_WHEEL_STRIPES];
+#define SP_WHEEL_BUCKETS (SP_WHEEL_LEVELS + 1) /* the levels, then a spare */
 
 typedef struct sp_wheel {
     int64_t cur;             /* wheel time: where the unopened part starts */
@@ -51,9 +52,7 @@ typedef struct sp_wheel {
     spindle_timer *run_last;
     spindle_timer *late;     /* keys before cur, not yet sorted into run */
     uint64_t nonempty[SP_WHEEL_LEVELS]; /* may be stale: set, yet empty */
-    /* [SP_WHEEL_LEVELS], then the staging area: 41 KiB, allocated with the
-     * clock's first timer */
-    sp_wheel_bucket *slot;
+    sp_wheel_bucket *slot; /* [SP_WHEEL_BUCKETS] */
     /* A big bucket being spread ahead of time over the level below
      * (timer-wheel.c); stage_level 0: none. */
     unsigned stage_level, stage_digit;
@@ -61,10 +60,9 @@ typedef struct sp_wheel {
     uint64_t stage_nonempty;
 } sp_wheel;
 
-void sp_wheel_init(sp_wheel *w);
-/* Before the first insertion: 0 or -ENOMEM. */
-int sp_wheel_alloc(sp_wheel *w);
-void sp_wheel_destroy(sp_wheel *w);
+/* `buckets`: SP_WHEEL_BUCKETS zeroed buckets, which the caller allocates
+ * (and frees): 41 KiB. */
+void sp_wheel_init(sp_wheel *w, sp_wheel_bucket *buckets);
 /* Before inserting into an empty wheel: start the wheel time at `now`. */
 void sp_wheel_settle(sp_wheel *w, int64_t now);
 /* Link t by t->key (>= 0) and t->seq; O(1). */

@@ -315,12 +315,18 @@ spindle_timer *spindle_timer_new(spindle_ctx *ctx, spindle_clock clock,
     }
     bool taken = hold_wait(ctx);
     sp_timer_clock *c = &ctx->timers[clock];
-    if (sp_wheel_alloc(&c->wheel) < 0) {
-        if (taken) {
-            let_go(ctx);
+    if (!c->wheel.slot) {
+        /* The clock's first timer: its wheel. */
+        sp_wheel_bucket *buckets = sp_calloc(SP_WHEEL_BUCKETS,
+                                             sizeof(*buckets));
+        if (!buckets) {
+            if (taken) {
+                let_go(ctx);
+            }
+            errno = ENOMEM;
+            return NULL;
         }
-        errno = ENOMEM;
-        return NULL;
+        sp_wheel_init(&c->wheel, buckets);
     }
     if (!c->free) {
         sp_timer_slab *s = sp_aligned_alloc(SLAB_BYTES, SLAB_BYTES);
@@ -539,7 +545,7 @@ int sp_timers_init(spindle_ctx *ctx)
         sp_timer_clock *c = &ctx->timers[k];
         c->ctx = ctx;
         c->clock = (spindle_clock)k;
-        sp_wheel_init(&c->wheel);
+        sp_wheel_init(&c->wheel, NULL);
         atomic_init(&c->wake_at, INT64_MAX);
     }
     return 0;
@@ -554,6 +560,6 @@ void sp_timers_destroy(spindle_ctx *ctx)
             free(s);
             s = next;
         }
-        sp_wheel_destroy(&ctx->timers[k].wheel);
+        free(ctx->timers[k].wheel.slot);
     }
 }

@@ -666,7 +666,7 @@ static void faults_in_interest_change(void **state)
  * Timers
  */
 
-#define MAX_EXISTING 16
+#define MAX_EXISTING 64
 static unsigned existing_timers; /* timers created before the faulty one */
 
 static unsigned long run_timer_new(enum spindle_fault_kind kind,
@@ -728,6 +728,14 @@ static void faults_in_17th_timer_new(void **state)
 {
     existing_timers = 16;
     walk("timer_new (17th timer: heap growth)", run_timer_new);
+}
+
+/* Timers live in blocks of 63 per clock (src/timer.c): the 64th needs a
+ * new one. */
+static void faults_in_64th_timer_new(void **state)
+{
+    existing_timers = 63;
+    walk("timer_new (64th timer: a new slab)", run_timer_new);
 }
 
 /* ------------------------------------------------------------------------
@@ -1057,6 +1065,7 @@ int main(void)
         TEST(faults_in_interest_change),
         TEST(faults_in_first_timer_new),
         TEST(faults_in_17th_timer_new),
+        TEST(faults_in_64th_timer_new),
         TEST(faults_in_notifier_new),
         TEST(faults_in_event_notifier_registration),
         TEST(faults_in_first_wait_on_poll_backend),
