@@ -304,8 +304,11 @@ static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
 
 #define STAGE_LEVEL 3
 #ifndef SP_WHEEL_STAGE_BUDGET
-#define SP_WHEEL_STAGE_BUDGET 2048 /* timers spread per call */
+#define SP_WHEEL_STAGE_BUDGET 2048 /* timers spread per call, at least */
 #endif
+/* Spreading a timer costs about 10 ns (one cache miss, overlapped with
+ * others'): a generous estimate, to finish before the next deadline. */
+#define STAGE_NS_PER_TIMER 40
 
 static void stage_spread(sp_wheel *w, unsigned budget)
 {
@@ -330,8 +333,9 @@ static void stage_spread(sp_wheel *w, unsigned budget)
 }
 
 /* Start staging the next bucket of the highest level that has one within
- * a quarter of its slot width, and spread part of it. */
-static void stage_work(sp_wheel *w, int64_t now)
+ * a quarter of its slot width, and spread part of it: SP_WHEEL_STAGE_BUDGET
+ * timers, or as many as fit before `until` (what is due next). */
+static void stage_work(sp_wheel *w, int64_t now, int64_t until)
 {
     if (!w->stage_level) {
         for (unsigned l = SP_WHEEL_LEVELS; l-- > STAGE_LEVEL;) {
@@ -360,7 +364,10 @@ static void stage_work(sp_wheel *w, int64_t now)
         }
     }
     if (w->stage_level) {
-        stage_spread(w, SP_WHEEL_STAGE_BUDGET);
+        int64_t spare = until > now ? (until - now) / STAGE_NS_PER_TIMER : 0;
+        stage_spread(w, spare > SP_WHEEL_STAGE_BUDGET
+                            ? (spare > UINT32_MAX ? UINT32_MAX : (unsigned)spare)
+                            : SP_WHEEL_STAGE_BUDGET);
     }
 }
 
@@ -692,11 +699,11 @@ spindle_timer *sp_wheel_due(sp_wheel *w)
 
 void sp_wheel_end_run(sp_wheel *w, int64_t outer)
 {
-    stage_work(w, w->run_now);
+    stage_work(w, w->run_now, w->run_now);
     w->run_now = outer;
 }
 
-int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
+static int64_t next_key(sp_wheel *w, int64_t now, bool exact)
 {
     if (!w->linked) {
         sp_wheel_settle(w, now);
@@ -715,7 +722,6 @@ int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
     }
     for (;;) {
         if (w->run) {
-            stage_work(w, now);
             return w->run->key < late ? w->run->key : late;
         }
         unsigned level, d;
@@ -728,7 +734,6 @@ int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
             continue;
         }
         /* Its earliest key is the earliest of the wheel. */
-        stage_work(w, now);
         int64_t min = INT64_MAX;
         unsigned n = 0;
         /* A staged bucket is what is left of it plus the spare set. */
@@ -751,4 +756,13 @@ int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
         }
         return min < late ? min : late;
     }
+}
+
+int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
+{
+    int64_t next = next_key(w, now, exact);
+    /* The loop is about to wait until `next`: staging work done now delays
+     * nothing that is due, so do as much as that time allows. */
+    stage_work(w, now, next);
+    return next;
 }
