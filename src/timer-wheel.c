@@ -294,7 +294,7 @@ static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
  * holds every timer due within its slot: at a million timers a second a
  * level-3 slot (268 ms) holds 268,000, several milliseconds of work during
  * which due timers wait. So the next bucket of a level at or above
- * STAGE_LEVEL is spread ahead of time, a bounded amount per timeout
+ * SP_WHEEL_STAGE_LEVEL is spread ahead of time, a bounded amount per timeout
  * computation and per run, over a spare set of 64 buckets laid out as the
  * level below it will be once the wheel time reaches it. Timers armed for
  * it meanwhile go straight there. When the wheel time reaches it, the level
@@ -302,7 +302,9 @@ static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
  * takes its place: what is left to cascade at once is its first slot.
  */
 
-#define STAGE_LEVEL 3
+#ifndef SP_WHEEL_STAGE_LEVEL
+#define SP_WHEEL_STAGE_LEVEL 3 /* >= SP_WHEEL_LEVELS: no staging */
+#endif
 #ifndef SP_WHEEL_STAGE_BUDGET
 #define SP_WHEEL_STAGE_BUDGET 2048 /* timers spread per call, at least */
 #endif
@@ -338,7 +340,7 @@ static void stage_spread(sp_wheel *w, unsigned budget)
 static void stage_work(sp_wheel *w, int64_t now, int64_t until)
 {
     if (!w->stage_level) {
-        for (unsigned l = SP_WHEEL_LEVELS; l-- > STAGE_LEVEL;) {
+        for (unsigned l = SP_WHEEL_LEVELS; l-- > SP_WHEEL_STAGE_LEVEL;) {
             unsigned from = digit((uint64_t)w->cur, l) + 1;
             uint64_t bits = from >= SP_WHEEL_SLOTS ? 0
                             : w->nonempty[l] & (~(uint64_t)0 << from);
@@ -364,10 +366,9 @@ static void stage_work(sp_wheel *w, int64_t now, int64_t until)
         }
     }
     if (w->stage_level) {
-        int64_t spare = until > now ? (until - now) / STAGE_NS_PER_TIMER : 0;
-        stage_spread(w, spare > SP_WHEEL_STAGE_BUDGET
-                            ? (spare > UINT32_MAX ? UINT32_MAX : (unsigned)spare)
-                            : SP_WHEEL_STAGE_BUDGET);
+        int64_t fit = until > now ? (until - now) / STAGE_NS_PER_TIMER : 0;
+        fit = fit < SP_WHEEL_STAGE_BUDGET ? SP_WHEEL_STAGE_BUDGET : fit;
+        stage_spread(w, fit > UINT32_MAX ? UINT32_MAX : (unsigned)fit);
     }
 }
 
@@ -742,8 +743,10 @@ static int64_t next_key(sp_wheel *w, int64_t now, bool exact)
             staged ? w->stage_left : w->slot[level][d],
             &w->slot[SP_WHEEL_LEVELS][0][0],
         };
-        unsigned nlists[2] = { SP_WHEEL_STRIPES,
-                               staged ? SP_WHEEL_SLOTS * SP_WHEEL_STRIPES : 0 };
+        unsigned nlists[2] = {
+            SP_WHEEL_STRIPES,
+            staged ? SP_WHEEL_SLOTS * SP_WHEEL_STRIPES : 0,
+        };
         for (unsigned g = 0; g < 2; g++) {
             for (unsigned k = 0; k < nlists[g]; k++) {
                 for (spindle_timer *t = lists[g][k]; t; t = t->next) {

@@ -406,7 +406,8 @@ static void random_operations_agree_with_the_model(void **state)
         unsigned i = (unsigned)(r % NTIMERS);
         switch ((r >> 16) % 16) {
         case 0: case 1: case 2: case 3: case 4: /* near: ns to ms */
-            arm(f, i, f->now + (int64_t)(rnd(f) % (1u << (rnd(f) % 24))));
+            arm(f, i, f->now + (int64_t)(rnd(f) %
+                                         (UINT64_C(1) << (rnd(f) % 24))));
             break;
         case 5: /* far: up to hours, or the end of time */
             arm(f, i, rnd(f) % 8 ? f->now + (int64_t)(rnd(f) % (4 * HOUR))
@@ -427,11 +428,11 @@ static void random_operations_agree_with_the_model(void **state)
             disarm(f, i);
             break;
         case 11: case 12: /* time passes: a little */
-            f->now += (int64_t)(rnd(f) % (1u << (rnd(f) % 22)));
+            f->now += (int64_t)(rnd(f) % (UINT64_C(1) << (rnd(f) % 22)));
             run(f, rnd(f) % 2);
             break;
         case 13: /* a lot */
-            f->now += (int64_t)(rnd(f) % (1u << (rnd(f) % 40)));
+            f->now += (int64_t)(rnd(f) % (UINT64_C(1) << (rnd(f) % 40)));
             run(f, false);
             break;
         case 14:
