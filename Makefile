@@ -139,8 +139,8 @@ DESC_fault := fault injection under ASan+UBSan/LSan: suite fault
 
 # valgrind memcheck over the default build's test programs: the unit tests
 # on every back-end (and driven through the embedding API on AUTO), the
-# embedding, pool, loop-thread and threads tests on AUTO, and the README
-# example.
+# timer wheel and clock tests once, the embedding, pool, loop-thread, threads
+# and timer-threads tests on AUTO, and the README example.
 # Left out: test-polling, whose assertions about the adaptive window are
 # about wait times of a few us, which valgrind's slow-down turns into long
 # waits (they fail for that reason only). About 30 s on 2 cores.
@@ -148,13 +148,14 @@ VALGRIND := valgrind --error-exitcode=1 --leak-check=full \
             --errors-for-leak-kinds=definite,indirect --track-fds=no -q
 VALGRIND_TESTS := $(foreach b,auto poll epoll,$(foreach t,bh timer notifier ctx fd interest errors,$(t)-$(b))) \
                   $(foreach t,bh timer notifier fd pool,$(t)-embed-auto) \
-                  embed-auto pool-auto loop-thread-auto threads-auto readme-example
+                  timer-wheel timer-clock embed-auto pool-auto loop-thread-auto threads-auto \
+                  timer-threads-auto readme-example
 DIR_valgrind := build
 CONF_valgrind = $(CONF_default)
 TESTS_valgrind := -Dtests=enabled
 SUITES_valgrind = --wrap='$(VALGRIND)' $(VALGRIND_TESTS)
 ENV_valgrind := SPINDLE_TEST_WATCHDOG_S=600
-DESC_valgrind := valgrind memcheck (build/): unit but polling, per back-end; threads-auto; example
+DESC_valgrind := valgrind memcheck (build/): unit but polling, per back-end; threads-auto, timer-threads-auto; example
 # It has no build directory of its own, so it is not in CONFIGS: its
 # check-valgrind rule is below the others.
 
