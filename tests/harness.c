@@ -138,3 +138,27 @@ void harness_count_cb(void *opaque)
 {
     (*(unsigned *)opaque)++;
 }
+
+int harness_ctx_setup(void **state)
+{
+    harness_watchdog_arm(state);
+    spindle_ctx *ctx = spindle_ctx_new();
+    *state = ctx;
+    return ctx ? 0 : -1;
+}
+
+int harness_ctx_teardown(void **state)
+{
+    spindle_ctx_free(*state);
+    return harness_watchdog_disarm(state);
+}
+
+uint64_t harness_rng(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * UINT64_C(2685821657736338717);
+}

@@ -25,6 +25,16 @@ int harness_watchdog_disarm(void **state);
     cmocka_unit_test_setup_teardown(fn, harness_watchdog_arm, \
                                     harness_watchdog_disarm)
 
+/* A fixture: *state is a fresh context (back-end from $SPINDLE_BACKEND),
+ * freed after the test (a test that frees it itself sets *state to NULL),
+ * and the test runs under the watchdog, as with TEST(). */
+int harness_ctx_setup(void **state);
+int harness_ctx_teardown(void **state);
+
+#define CTX_TEST(fn) \
+    cmocka_unit_test_setup_teardown(fn, harness_ctx_setup, \
+                                    harness_ctx_teardown)
+
 /* Run a group of TEST()s; use as the body of main(). */
 #define RUN_TESTS(group) cmocka_run_group_tests_name(__FILE__, group, NULL, NULL)
 
@@ -65,5 +75,9 @@ unsigned harness_drain(spindle_ctx *ctx);
 
 /* A counter callback: increments the unsigned int that opaque points to. */
 void harness_count_cb(void *opaque);
+
+/* A deterministic PRNG (xorshift64*), so that a failure is reproducible:
+ * the next number from the state *s (never 0). */
+uint64_t harness_rng(uint64_t *s);
 
 #endif

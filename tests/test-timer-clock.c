@@ -37,30 +37,17 @@ int clock_gettime(clockid_t id, struct timespec *ts)
     return r;
 }
 
-struct fixture {
-    spindle_ctx *ctx;
-};
-
+/* The fixture of harness.h, with the clock set right first and after. */
 static int setup(void **state)
 {
-    harness_watchdog_arm(state);
     atomic_store(&shift, 0);
-    struct fixture *f = calloc(1, sizeof(*f));
-    if (!f || !(f->ctx = spindle_ctx_new())) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return harness_ctx_setup(state);
 }
 
 static int teardown(void **state)
 {
-    struct fixture *f = *state;
-    spindle_ctx_free(f->ctx);
-    free(f);
     atomic_store(&shift, 0);
-    return harness_watchdog_disarm(state);
+    return harness_ctx_teardown(state);
 }
 
 #define CLOCK_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -135,7 +122,7 @@ static void check_fired_in_order_never_early(struct log *log,
 static void realtime_timers_fire_in_order_when_the_clock_jumps_ahead(
     void **state)
 {
-    spindle_ctx *ctx = ((struct fixture *)*state)->ctx;
+    spindle_ctx *ctx = *state;
     struct log log = { .n = 0 };
     struct entry e[N];
     new_entries(ctx, &log, e);
@@ -151,7 +138,7 @@ static void realtime_timers_fire_in_order_when_the_clock_jumps_ahead(
 
 static void realtime_timers_wait_when_the_clock_jumps_back(void **state)
 {
-    spindle_ctx *ctx = ((struct fixture *)*state)->ctx;
+    spindle_ctx *ctx = *state;
     struct log log = { .n = 0 };
     struct entry e[N];
     new_entries(ctx, &log, e);
@@ -199,7 +186,7 @@ static void realtime_timers_wait_when_the_clock_jumps_back(void **state)
 
 static void monotonic_timers_ignore_realtime_jumps(void **state)
 {
-    spindle_ctx *ctx = ((struct fixture *)*state)->ctx;
+    spindle_ctx *ctx = *state;
     unsigned count = 0;
     spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                          harness_count_cb, &count);

@@ -22,50 +22,14 @@
 #define REARM_OPS 500000u
 #define REARM_TIMERS 4096u
 
-struct fixture {
-    spindle_ctx *ctx;
-};
-
-static int setup(void **state)
-{
-    harness_watchdog_arm(state);
-    struct fixture *f = calloc(1, sizeof(*f));
-    if (!f || !(f->ctx = spindle_ctx_new())) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    spindle_ctx_free(f->ctx);
-    free(f);
-    return harness_watchdog_disarm(state);
-}
-
-#define THREAD_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
-
 static spindle_ctx *ctx_of(void **state)
 {
-    return ((struct fixture *)*state)->ctx;
+    return *state;
 }
 
 static int64_t mono_now(void)
 {
     return spindle_now_ns(SPINDLE_CLOCK_MONOTONIC);
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
 }
 
 /* ------------------------------------------------------------------------
@@ -97,7 +61,7 @@ static void *rearm_main(void *opaque)
     struct rearm *r = a->r;
     uint64_t s = r->seed[a->id];
     for (unsigned k = 0; k < REARM_OPS; k++) {
-        uint64_t x = rng_next(&s);
+        uint64_t x = harness_rng(&s);
         spindle_timer *t = r->t[x % REARM_TIMERS];
         switch ((x >> 20) % 16) {
         case 0:
@@ -425,9 +389,9 @@ static void a_request_wakes_the_loop_only_for_an_earlier_deadline(
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        THREAD_TEST(timers_rearmed_by_two_threads_at_once_end_as_last_asked),
-        THREAD_TEST(requests_from_another_thread_keep_the_arming_order),
-        THREAD_TEST(a_request_wakes_the_loop_only_for_an_earlier_deadline),
+        CTX_TEST(timers_rearmed_by_two_threads_at_once_end_as_last_asked),
+        CTX_TEST(requests_from_another_thread_keep_the_arming_order),
+        CTX_TEST(a_request_wakes_the_loop_only_for_an_earlier_deadline),
     };
     return RUN_TESTS(tests);
 }

@@ -70,12 +70,7 @@ static int teardown(void **state)
 
 static uint64_t rnd(struct fixture *f)
 {
-    uint64_t x = f->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    f->rng = x;
-    return x * UINT64_C(2685821657736338717);
+    return harness_rng(&f->rng);
 }
 
 static bool model_before(const struct model_timer *a,

@@ -16,45 +16,10 @@
 #define US INT64_C(1000)
 #define HOUR (INT64_C(3600) * 1000 * MS)
 
-/* ------------------------------------------------------------------------
- * The fixture: every test gets a fresh context (back-end from
- * $SPINDLE_BACKEND) under the harness's watchdog, freed after it.
- */
-
-struct fixture {
-    spindle_ctx *ctx;
-};
-
-static int setup(void **state)
-{
-    harness_watchdog_arm(state);
-    struct fixture *f = calloc(1, sizeof(*f));
-    if (!f || !(f->ctx = spindle_ctx_new())) {
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    spindle_ctx_free(f->ctx);
-    free(f);
-    return harness_watchdog_disarm(state);
-}
-
-#define TIMER_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
-
-static struct fixture *fixture_of(void **state)
-{
-    return *state;
-}
-
+/* Every test gets a fresh context in *state (CTX_TEST, harness.h). */
 static spindle_ctx *ctx_of(void **state)
 {
-    return fixture_of(state)->ctx;
+    return *state;
 }
 
 /* ------------------------------------------------------------------------
@@ -66,17 +31,6 @@ static int64_t mono_now(void)
     return spindle_now_ns(SPINDLE_CLOCK_MONOTONIC);
 }
 
-/* Deterministic PRNG (xorshift64*) so that a failure is reproducible. */
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
-}
-
 static void shuffled_permutation(unsigned *perm, unsigned n, uint64_t seed)
 {
     uint64_t s = seed ? seed : 1;
@@ -84,7 +38,7 @@ static void shuffled_permutation(unsigned *perm, unsigned n, uint64_t seed)
         perm[i] = i;
     }
     for (unsigned i = n - 1; i > 0; i--) {
-        unsigned j = (unsigned)(rng_next(&s) % (i + 1));
+        unsigned j = (unsigned)(harness_rng(&s) % (i + 1));
         unsigned tmp = perm[i];
         perm[i] = perm[j];
         perm[j] = tmp;
@@ -146,6 +100,25 @@ static void order_cb(void *opaque)
     log->n++;
     if (log->n >= log->expected) {
         log->all_fired = true;
+    }
+}
+
+/* n timers logging their ids into log, in the order they fire. */
+static void order_entries_new(spindle_ctx *ctx, struct order_log *log,
+                              struct order_entry *e, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        e[i] = (struct order_entry){ .log = log, .id = i };
+        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
+                                   &e[i]);
+        assert_non_null(e[i].t);
+    }
+}
+
+static void order_entries_free(struct order_entry *e, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        spindle_timer_free(e[i].t);
     }
 }
 
@@ -274,13 +247,7 @@ static void timers_fire_in_deadline_order(void **state)
     struct order_entry e[N];
     unsigned perm[N];
 
-    for (unsigned i = 0; i < N; i++) {
-        e[i].log = &log;
-        e[i].id = i;
-        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
-                                   &e[i]);
-        assert_non_null(e[i].t);
-    }
+    order_entries_new(ctx, &log, e, N);
 
     /* Timer i's deadline is base + (i - N/2) * 10 us: half of them in the
      * past, half in the next half millisecond. Arm them in shuffled order. */
@@ -298,9 +265,7 @@ static void timers_fire_in_deadline_order(void **state)
         assert_int_equal(log.seq[k], k);
     }
 
-    for (unsigned i = 0; i < N; i++) {
-        spindle_timer_free(e[i].t);
-    }
+    order_entries_free(e, N);
 }
 
 static void timers_with_equal_deadlines_fire_in_arming_order(void **state)
@@ -311,13 +276,7 @@ static void timers_with_equal_deadlines_fire_in_arming_order(void **state)
     struct order_entry e[N];
     unsigned perm[N];
 
-    for (unsigned i = 0; i < N; i++) {
-        e[i].log = &log;
-        e[i].id = i;
-        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
-                                   &e[i]);
-        assert_non_null(e[i].t);
-    }
+    order_entries_new(ctx, &log, e, N);
 
     shuffled_permutation(perm, N, 0xbeef);
     int64_t deadline = mono_now() - 1 * MS;
@@ -331,9 +290,7 @@ static void timers_with_equal_deadlines_fire_in_arming_order(void **state)
         assert_int_equal(log.seq[k], perm[k]);
     }
 
-    for (unsigned i = 0; i < N; i++) {
-        spindle_timer_free(e[i].t);
-    }
+    order_entries_free(e, N);
 }
 
 static void timer_rearmed_to_an_equal_deadline_fires_after_the_others(void **state)
@@ -343,13 +300,7 @@ static void timer_rearmed_to_an_equal_deadline_fires_after_the_others(void **sta
     struct order_log log = { .n = 0, .expected = N };
     struct order_entry e[N];
 
-    for (unsigned i = 0; i < N; i++) {
-        e[i].log = &log;
-        e[i].id = i;
-        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
-                                   &e[i]);
-        assert_non_null(e[i].t);
-    }
+    order_entries_new(ctx, &log, e, N);
 
     int64_t deadline = mono_now() - 1 * MS;
     spindle_timer_mod(e[0].t, deadline);
@@ -365,9 +316,7 @@ static void timer_rearmed_to_an_equal_deadline_fires_after_the_others(void **sta
     assert_int_equal(log.seq[1], 2);
     assert_int_equal(log.seq[2], 0);
 
-    for (unsigned i = 0; i < N; i++) {
-        spindle_timer_free(e[i].t);
-    }
+    order_entries_free(e, N);
 }
 
 /* 200,000 timers with random deadlines: each fires exactly once, and the
@@ -400,31 +349,51 @@ static void mass_cb(void *opaque)
     }
 }
 
+/* n timers that log their deadlines in m (mass_cb), until `expected`. */
+static void mass_new(spindle_ctx *ctx, size_t n, size_t expected,
+                     struct mass_entry **entries, spindle_timer ***timers,
+                     struct mass_state *m)
+{
+    *entries = calloc(n, sizeof(**entries));
+    *timers = calloc(n, sizeof(**timers));
+    *m = (struct mass_state){ .n = 0, .expected = expected };
+    m->seq = calloc(n, sizeof(*m->seq));
+    assert_non_null(*entries);
+    assert_non_null(*timers);
+    assert_non_null(m->seq);
+    mass_state_ptr = m;
+    for (size_t i = 0; i < n; i++) {
+        (*timers)[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         mass_cb, &(*entries)[i]);
+        assert_non_null((*timers)[i]);
+    }
+}
+
+/* The timers themselves go with the context (teardown). */
+static void mass_free(struct mass_entry *entries, spindle_timer **timers,
+                      struct mass_state *m)
+{
+    mass_state_ptr = NULL;
+    free(m->seq);
+    free(timers);
+    free(entries);
+}
+
 static void many_random_timers_fire_once_in_deadline_order(void **state)
 {
     enum { N = 200000 };
     spindle_ctx *ctx = ctx_of(state);
-    struct mass_entry *entries = calloc(N, sizeof(*entries));
-    spindle_timer **timers = calloc(N, sizeof(*timers));
-    struct mass_state m = { .n = 0, .expected = N };
-    m.seq = calloc(N, sizeof(*m.seq));
-    assert_non_null(entries);
-    assert_non_null(timers);
-    assert_non_null(m.seq);
-    mass_state_ptr = &m;
-
-    for (size_t i = 0; i < N; i++) {
-        timers[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, mass_cb,
-                                      &entries[i]);
-        assert_non_null(timers[i]);
-    }
+    struct mass_entry *entries;
+    spindle_timer **timers;
+    struct mass_state m;
+    mass_new(ctx, N, N, &entries, &timers, &m);
 
     /* Deadlines in [now - 20 ms, now + 20 ms), with many duplicates
      * (microsecond granularity). */
     uint64_t s = 0x1234567;
     int64_t now = mono_now();
     for (size_t i = 0; i < N; i++) {
-        int64_t off = (int64_t)(rng_next(&s) % 40000) - 20000;
+        int64_t off = (int64_t)(harness_rng(&s) % 40000) - 20000;
         entries[i].deadline = now + off * US;
         spindle_timer_mod(timers[i], entries[i].deadline);
     }
@@ -444,11 +413,7 @@ static void many_random_timers_fire_once_in_deadline_order(void **state)
     }
     assert_int_equal(out_of_order, 0);
 
-    /* The context releases the (disarmed) timers (teardown). */
-    mass_state_ptr = NULL;
-    free(m.seq);
-    free(timers);
-    free(entries);
+    mass_free(entries, timers, &m);
 }
 
 /* ------------------------------------------------------------------------
@@ -1053,12 +1018,7 @@ static void timer_at_the_end_of_time_waits_while_nearer_ones_fire(void **state)
     enum { N = 4 };
     struct order_log log = { .n = 0, .expected = N };
     struct order_entry e[N];
-    for (unsigned i = 0; i < N; i++) {
-        e[i] = (struct order_entry){ .log = &log, .id = i };
-        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
-                                   &e[i]);
-        assert_non_null(e[i].t);
-    }
+    order_entries_new(ctx, &log, e, N);
     struct probe end;
     probe_init(&end, ctx, SPINDLE_CLOCK_MONOTONIC);
 
@@ -1079,9 +1039,7 @@ static void timer_at_the_end_of_time_waits_while_nearer_ones_fire(void **state)
     assert_int_equal(spindle_timer_expire_ns(end.t), INT64_MAX);
     assert_true(spindle_compute_timeout(ctx) > 100 * HOUR);
 
-    for (unsigned i = 0; i < N; i++) {
-        spindle_timer_free(e[i].t);
-    }
+    order_entries_free(e, N);
     spindle_timer_free(end.t);
 }
 
@@ -1120,25 +1078,16 @@ static void timers_rearmed_many_times_fire_once_at_their_last_deadline(
 {
     spindle_ctx *ctx = ctx_of(state);
     enum { N = 1000, ROUNDS = 100 };
-    struct mass_entry *entries = calloc(N, sizeof(*entries));
-    spindle_timer **timers = calloc(N, sizeof(*timers));
-    struct mass_state m = { .n = 0, .expected = N / 2 };
-    m.seq = calloc(N, sizeof(*m.seq));
-    assert_non_null(entries);
-    assert_non_null(timers);
-    assert_non_null(m.seq);
-    mass_state_ptr = &m;
-    for (size_t i = 0; i < N; i++) {
-        timers[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, mass_cb,
-                                      &entries[i]);
-        assert_non_null(timers[i]);
-    }
+    struct mass_entry *entries;
+    spindle_timer **timers;
+    struct mass_state m;
+    mass_new(ctx, N, N / 2, &entries, &timers, &m);
 
     uint64_t s = 0xfeed;
     int64_t now = mono_now();
     for (unsigned r = 0; r < ROUNDS; r++) {
         for (size_t i = 0; i < N; i++) {
-            uint64_t x = rng_next(&s);
+            uint64_t x = harness_rng(&s);
             int64_t d = x % 4 == 0 ? now + HOUR + (int64_t)(x % 1000) * US
                         : x % 4 == 1 ? now + (int64_t)(x % 5000) * MS
                         : x % 4 == 2 ? now + HOUR + (int64_t)(x % 1000)
@@ -1167,10 +1116,7 @@ static void timers_rearmed_many_times_fire_once_at_their_last_deadline(
         assert_true(m.seq[k] > m.seq[k - 1]);
     }
 
-    mass_state_ptr = NULL;
-    free(m.seq);
-    free(timers);
-    free(entries);
+    mass_free(entries, timers, &m);
 }
 
 /* ------------------------------------------------------------------------
@@ -1253,60 +1199,60 @@ static void ctx_free_with_armed_and_disarmed_timers_leaks_nothing(void **state)
 
     /* No callback runs; LeakSanitizer / valgrind report what is left. */
     spindle_ctx_free(ctx);
-    fixture_of(state)->ctx = NULL;
+    *state = NULL;
     assert_int_equal(count, 0);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TIMER_TEST(timer_fires_once),
-        TIMER_TEST(timer_never_fires_before_its_deadline),
-        TIMER_TEST(timer_is_not_pending_inside_its_callback),
-        TIMER_TEST(timer_with_past_deadline_fires_in_next_iteration),
-        TIMER_TEST(blocking_poll_with_only_a_timer_returns_after_it_fires),
-        TIMER_TEST(realtime_timer_fires_after_its_deadline),
-        TIMER_TEST(timers_fire_in_deadline_order),
-        TIMER_TEST(timers_with_equal_deadlines_fire_in_arming_order),
-        TIMER_TEST(timer_rearmed_to_an_equal_deadline_fires_after_the_others),
-        TIMER_TEST(many_random_timers_fire_once_in_deadline_order),
-        TIMER_TEST(timer_rearmed_earlier_fires_at_the_new_deadline),
-        TIMER_TEST(timer_rearmed_later_does_not_fire_at_the_old_deadline),
-        TIMER_TEST(timer_del_stops_it),
-        TIMER_TEST(timer_deleted_can_be_armed_again),
-        TIMER_TEST(timer_mod_anticipate_never_moves_a_deadline_later),
-        TIMER_TEST(timer_mod_anticipate_moves_a_deadline_earlier),
-        TIMER_TEST(timer_mod_anticipate_arms_a_disarmed_timer),
-        TIMER_TEST(timer_rearmed_in_past_by_its_callback_fires_once_per_iteration),
-        TIMER_TEST(timer_armed_by_a_timer_callback_fires_in_a_later_iteration),
-        TIMER_TEST(timer_freed_by_its_own_callback),
-        TIMER_TEST(timer_rearmed_then_freed_by_its_own_callback_never_fires_again),
-        TIMER_TEST(timer_freed_by_another_timer_callback_never_fires),
-        TIMER_TEST(timer_freed_while_armed_never_fires),
-        TIMER_TEST(timer_new_is_disarmed),
-        TIMER_TEST(timer_armed_reports_pending_and_its_deadline),
-        TIMER_TEST(timer_is_disarmed_after_it_fired),
-        TIMER_TEST(now_ns_is_nondecreasing_on_the_monotonic_clock),
-        TIMER_TEST(now_ns_with_an_invalid_clock_returns_einval),
-        TIMER_TEST(compute_timeout_is_the_time_to_the_earliest_deadline),
-        TIMER_TEST(compute_timeout_is_zero_with_an_expired_timer),
-        TIMER_TEST(compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap),
-        TIMER_TEST(timer_armed_from_another_thread_wakes_blocking_poll),
-        TIMER_TEST(timer_mod_in_fires_once_its_delay_has_passed),
-        TIMER_TEST(timer_mod_in_rearmed_pushes_the_deadline_back),
-        TIMER_TEST(timer_mod_in_with_a_negative_delay_is_due),
-        TIMER_TEST(timer_mod_in_saturates_at_the_end_of_time),
-        TIMER_TEST(timer_mod_in_counts_on_the_timers_own_clock),
-        TIMER_TEST(timer_mod_in_null_handle_is_ignored),
-        TIMER_TEST(timer_at_the_end_of_time_waits_while_nearer_ones_fire),
-        TIMER_TEST(compute_timeout_is_exact_for_far_timers),
-        TIMER_TEST(timers_rearmed_many_times_fire_once_at_their_last_deadline),
-        TIMER_TEST(timer_new_with_null_ctx_fails_with_einval),
-        TIMER_TEST(timer_new_with_null_cb_fails_with_einval),
-        TIMER_TEST(timer_new_with_unknown_clock_fails_with_einval),
-        TIMER_TEST(timer_null_handle_is_ignored),
-        TIMER_TEST(timer_null_handle_is_not_pending),
-        TIMER_TEST(ctx_free_with_armed_and_disarmed_timers_leaks_nothing),
+        CTX_TEST(timer_fires_once),
+        CTX_TEST(timer_never_fires_before_its_deadline),
+        CTX_TEST(timer_is_not_pending_inside_its_callback),
+        CTX_TEST(timer_with_past_deadline_fires_in_next_iteration),
+        CTX_TEST(blocking_poll_with_only_a_timer_returns_after_it_fires),
+        CTX_TEST(realtime_timer_fires_after_its_deadline),
+        CTX_TEST(timers_fire_in_deadline_order),
+        CTX_TEST(timers_with_equal_deadlines_fire_in_arming_order),
+        CTX_TEST(timer_rearmed_to_an_equal_deadline_fires_after_the_others),
+        CTX_TEST(many_random_timers_fire_once_in_deadline_order),
+        CTX_TEST(timer_rearmed_earlier_fires_at_the_new_deadline),
+        CTX_TEST(timer_rearmed_later_does_not_fire_at_the_old_deadline),
+        CTX_TEST(timer_del_stops_it),
+        CTX_TEST(timer_deleted_can_be_armed_again),
+        CTX_TEST(timer_mod_anticipate_never_moves_a_deadline_later),
+        CTX_TEST(timer_mod_anticipate_moves_a_deadline_earlier),
+        CTX_TEST(timer_mod_anticipate_arms_a_disarmed_timer),
+        CTX_TEST(timer_rearmed_in_past_by_its_callback_fires_once_per_iteration),
+        CTX_TEST(timer_armed_by_a_timer_callback_fires_in_a_later_iteration),
+        CTX_TEST(timer_freed_by_its_own_callback),
+        CTX_TEST(timer_rearmed_then_freed_by_its_own_callback_never_fires_again),
+        CTX_TEST(timer_freed_by_another_timer_callback_never_fires),
+        CTX_TEST(timer_freed_while_armed_never_fires),
+        CTX_TEST(timer_new_is_disarmed),
+        CTX_TEST(timer_armed_reports_pending_and_its_deadline),
+        CTX_TEST(timer_is_disarmed_after_it_fired),
+        CTX_TEST(now_ns_is_nondecreasing_on_the_monotonic_clock),
+        CTX_TEST(now_ns_with_an_invalid_clock_returns_einval),
+        CTX_TEST(compute_timeout_is_the_time_to_the_earliest_deadline),
+        CTX_TEST(compute_timeout_is_zero_with_an_expired_timer),
+        CTX_TEST(compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap),
+        CTX_TEST(timer_armed_from_another_thread_wakes_blocking_poll),
+        CTX_TEST(timer_mod_in_fires_once_its_delay_has_passed),
+        CTX_TEST(timer_mod_in_rearmed_pushes_the_deadline_back),
+        CTX_TEST(timer_mod_in_with_a_negative_delay_is_due),
+        CTX_TEST(timer_mod_in_saturates_at_the_end_of_time),
+        CTX_TEST(timer_mod_in_counts_on_the_timers_own_clock),
+        CTX_TEST(timer_mod_in_null_handle_is_ignored),
+        CTX_TEST(timer_at_the_end_of_time_waits_while_nearer_ones_fire),
+        CTX_TEST(compute_timeout_is_exact_for_far_timers),
+        CTX_TEST(timers_rearmed_many_times_fire_once_at_their_last_deadline),
+        CTX_TEST(timer_new_with_null_ctx_fails_with_einval),
+        CTX_TEST(timer_new_with_null_cb_fails_with_einval),
+        CTX_TEST(timer_new_with_unknown_clock_fails_with_einval),
+        CTX_TEST(timer_null_handle_is_ignored),
+        CTX_TEST(timer_null_handle_is_not_pending),
+        CTX_TEST(ctx_free_with_armed_and_disarmed_timers_leaks_nothing),
     };
     return RUN_TESTS(tests);
 }
