@@ -294,12 +294,15 @@ static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
  * holds every timer due within its slot: at a million timers a second a
  * level-3 slot (268 ms) holds 268,000, several milliseconds of work during
  * which due timers wait. So the next bucket of a level at or above
- * SP_WHEEL_STAGE_LEVEL is spread ahead of time, a bounded amount per timeout
- * computation and per run, over a spare set of 64 buckets laid out as the
- * level below it will be once the wheel time reaches it. Timers armed for
- * it meanwhile go straight there. When the wheel time reaches it, the level
- * below is empty (the wheel time never passes a timer), and the spare set
- * takes its place: what is left to cascade at once is its first slot.
+ * SP_WHEEL_STAGE_LEVEL is spread ahead of time over a spare set of 64
+ * buckets laid out as the level below it will be once the wheel time
+ * reaches it: after each run, SP_WHEEL_STAGE_BUDGET timers; in a timeout
+ * computation, as many as fit before the deadline the loop is about to
+ * sleep to (work that delays nothing due; a loop that sleeps through the
+ * staging window would otherwise do none). Timers armed for it meanwhile go
+ * straight there. When the wheel time reaches it, the level below is empty
+ * (the wheel time never passes a timer), and the spare set takes its place:
+ * what is left to cascade at once is its first slot.
  */
 
 #ifndef SP_WHEEL_STAGE_LEVEL
@@ -455,7 +458,6 @@ static bool earliest(sp_wheel *w, unsigned *level, unsigned *d)
     }
     return false;
 }
-
 
 /* Cascade the bucket, or open it if at level 0. */
 static void step(sp_wheel *w, unsigned level, unsigned d)
