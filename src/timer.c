@@ -209,7 +209,7 @@ static void place(sp_timer_clock *c, spindle_timer *t, int64_t expire,
 static void request(spindle_ctx *ctx, sp_timer_clock *c, spindle_timer *t,
                     int64_t expire, bool anticipate)
 {
-    /* seq_cst, as is the claim of qnext below: with drain()'s clearing of
+    /* seq_cst, as is the claim of qnext below: with drain_queue()'s clearing of
      * qnext and its load of expire, a Dekker pair. Either this call finds
      * the timer no longer queued and queues it again, or the drain that
      * dequeued it reads this deadline. */
