@@ -337,36 +337,49 @@ static void stage_spread(sp_wheel *w, unsigned budget)
     } while (more && budget);
 }
 
-/* Start staging the next bucket of the highest level that has one within
- * a quarter of its slot width, and spread part of it: SP_WHEEL_STAGE_BUDGET
- * timers, or as many as fit before `until` (what is due next). */
+/* The bucket to stage next: the next one of the highest level at or above
+ * SP_WHEEL_STAGE_LEVEL that has one, and when its staging should start (a
+ * quarter of its slot width before it). false: none. */
+static bool stage_next(sp_wheel *w, unsigned *level, unsigned *d,
+                       int64_t *at)
+{
+    for (unsigned l = SP_WHEEL_LEVELS; l-- > SP_WHEEL_STAGE_LEVEL;) {
+        unsigned from = digit((uint64_t)w->cur, l) + 1;
+        uint64_t bits = from >= SP_WHEEL_SLOTS ? 0
+                        : w->nonempty[l] & (~(uint64_t)0 << from);
+        if (!bits) {
+            continue;
+        }
+        unsigned i = (unsigned)__builtin_ctzll(bits);
+        if (bucket_empty(w, l, i)) {
+            continue;
+        }
+        *level = l;
+        *d = i;
+        *at = (int64_t)bucket_start(w, l, i) -
+              ((int64_t)1 << (shift_of(l) - 2));
+        return true;
+    }
+    return false;
+}
+
+/* Start staging the next bucket if its time has come, and spread part of
+ * it: SP_WHEEL_STAGE_BUDGET timers, or as many as fit before `until` (what
+ * is due next). */
 static void stage_work(sp_wheel *w, int64_t now, int64_t until)
 {
-    if (!w->stage_level) {
-        for (unsigned l = SP_WHEEL_LEVELS; l-- > SP_WHEEL_STAGE_LEVEL;) {
-            unsigned from = digit((uint64_t)w->cur, l) + 1;
-            uint64_t bits = from >= SP_WHEEL_SLOTS ? 0
-                            : w->nonempty[l] & (~(uint64_t)0 << from);
-            if (!bits) {
-                continue;
+    unsigned l, d;
+    int64_t at;
+    if (!w->stage_level && stage_next(w, &l, &d, &at) && at <= now) {
+        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+            w->stage_left[k] = w->slot[l][d][k];
+            if (w->stage_left[k]) {
+                w->stage_left[k]->pprev = &w->stage_left[k];
             }
-            unsigned d = (unsigned)__builtin_ctzll(bits);
-            int64_t start = (int64_t)bucket_start(w, l, d);
-            if (start - now > ((int64_t)1 << (shift_of(l) - 2)) ||
-                bucket_empty(w, l, d)) {
-                continue;
-            }
-            for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
-                w->stage_left[k] = w->slot[l][d][k];
-                if (w->stage_left[k]) {
-                    w->stage_left[k]->pprev = &w->stage_left[k];
-                }
-                w->slot[l][d][k] = NULL;
-            }
-            w->stage_level = l;
-            w->stage_digit = d;
-            break;
+            w->slot[l][d][k] = NULL;
         }
+        w->stage_level = l;
+        w->stage_digit = d;
     }
     if (w->stage_level) {
         int64_t fit = until > now ? (until - now) / STAGE_NS_PER_TIMER : 0;
@@ -769,5 +782,12 @@ int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
     /* The loop is about to wait until `next`: staging work done now delays
      * nothing that is due, so do as much as that time allows. */
     stage_work(w, now, next);
+    unsigned l, d;
+    int64_t at;
+    if (!exact && !w->stage_level && stage_next(w, &l, &d, &at) &&
+        at > now && at < next) {
+        /* Wake when staging should start, not sleep through it. */
+        next = at;
+    }
     return next;
 }

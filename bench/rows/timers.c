@@ -234,13 +234,15 @@ static void churn_remote(const bench_impl *im, long k, long ops, double *op_ns,
     *loop_cpu_ns = (double)(cpu1 - cpu0) / ops;
 }
 
-/* The live second: n timers armed on deadlines spread evenly over one
- * second (after a lead that leaves every library time to arm them all),
- * then blocking iterations until all have fired: the loop thread's CPU time
- * per timer, and how late they fired (the clock in the callback minus the
- * deadline in the library's resolution): the largest and the 99th
- * percentile. */
-#define LIVE_LEAD_NS 500000000LL
+/* The live second: n timers armed on deadlines spread evenly, one per
+ * microsecond (a million: one second; QUICK=1's 100,000: a tenth, at the
+ * same rate), after a lead that leaves every library time to arm them all
+ * (400 ns a timer: GLib takes 330), then blocking iterations until all
+ * have fired: the loop thread's CPU time per timer, and how late they fired
+ * (the clock in the callback minus the deadline in the library's
+ * resolution): the largest and the 99th percentile. */
+#define LIVE_SPACING_NS 1000
+#define LIVE_LEAD_NS(n) (50000000LL + (n) * 400LL)
 
 typedef struct live_run {
     long n, fired;
@@ -283,7 +285,7 @@ static void live(const bench_impl *im, long n, double *cpu_ns, double *late_max_
     BENCH_CHECK(r.delay && r.late_us && slots && t, "out of memory");
     void *loop = a->loop_new(&im->opts);
     for (long i = 0; i < n; i++) {
-        r.delay[i] = LIVE_LEAD_NS + (int64_t)((i * 7919) % n) * (1000000000 / n);
+        r.delay[i] = LIVE_LEAD_NS(n) + (int64_t)((i * 7919) % n) * LIVE_SPACING_NS;
         r.late_us[i] = -1;
         slots[i] = (live_slot){&r, (int32_t)i};
         t[i] = a->timer_new(loop, on_live, &slots[i]);
@@ -296,8 +298,8 @@ static void live(const bench_impl *im, long n, double *cpu_ns, double *late_max_
     a->now_update(loop);
     for (long i = 0; i < n; i++)
         a->timer_arm(t[i], r.delay[i]);
-    BENCH_CHECK(now_ns() < r.base + LIVE_LEAD_NS, "%s: arming %ld timers took longer than "
-                "the lead", im->label, n);
+    BENCH_CHECK(now_ns() < r.base + LIVE_LEAD_NS(n), "%s: arming %ld timers took longer "
+                "than the lead", im->label, n);
     int64_t c0 = thread_cpu_ns();
     while (r.fired < n)
         a->run_once(loop, true);
