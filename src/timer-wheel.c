@@ -215,6 +215,9 @@ static void place(sp_wheel *w, spindle_timer *t)
     }
     push(list, t);
     w->nonempty[level] |= (uint64_t)1 << d;
+    if (d == w->small_digit[level]) {
+        w->small_start[level] = -1; /* it grew: count it again */
+    }
 }
 
 static bool bucket_empty(const sp_wheel *w, unsigned level, unsigned d)
@@ -314,6 +317,10 @@ static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
 /* Spreading a timer costs about 10 ns (one cache miss, overlapped with
  * others'): a generous estimate, to finish before the next deadline. */
 #define STAGE_NS_PER_TIMER 40
+#ifndef SP_WHEEL_STAGE_MIN
+#define SP_WHEEL_STAGE_MIN 4096 /* timers: smaller buckets are not staged */
+#endif
+#define STAGE_MIN SP_WHEEL_STAGE_MIN
 
 static void stage_spread(sp_wheel *w, unsigned budget)
 {
@@ -337,9 +344,26 @@ static void stage_spread(sp_wheel *w, unsigned budget)
     } while (more && budget);
 }
 
+/* Whether a bucket holds at least `n` timers (it counts that far). */
+static bool bucket_holds(const sp_wheel *w, unsigned level, unsigned d,
+                         unsigned n)
+{
+    spindle_timer *const *lists = w->slot[level][d];
+    for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+        for (spindle_timer *t = lists[k]; t; t = t->next) {
+            if (--n == 0) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 /* The bucket to stage next: the next one of the highest level at or above
- * SP_WHEEL_STAGE_LEVEL that has one, and when its staging should start (a
- * quarter of its slot width before it). false: none. */
+ * SP_WHEEL_STAGE_LEVEL that has one with at least STAGE_MIN timers (a
+ * smaller one cascades at once in well under a millisecond), and when its
+ * staging should start (a quarter of its slot width before it). false:
+ * none. */
 static bool stage_next(sp_wheel *w, unsigned *level, unsigned *d,
                        int64_t *at)
 {
@@ -351,13 +375,18 @@ static bool stage_next(sp_wheel *w, unsigned *level, unsigned *d,
             continue;
         }
         unsigned i = (unsigned)__builtin_ctzll(bits);
-        if (bucket_empty(w, l, i)) {
+        int64_t start = (int64_t)bucket_start(w, l, i);
+        if (w->small_start[l] == start && w->small_digit[l] == i) {
+            continue;
+        }
+        if (!bucket_holds(w, l, i, STAGE_MIN)) {
+            w->small_start[l] = start;
+            w->small_digit[l] = (uint8_t)i;
             continue;
         }
         *level = l;
         *d = i;
-        *at = (int64_t)bucket_start(w, l, i) -
-              ((int64_t)1 << (shift_of(l) - 2));
+        *at = start - ((int64_t)1 << (shift_of(l) - 2));
         return true;
     }
     return false;
@@ -622,6 +651,9 @@ static void check_clock(sp_wheel *w, int64_t now)
 void sp_wheel_init(sp_wheel *w, sp_wheel_bucket *buckets)
 {
     *w = (sp_wheel){ .run_now = NOT_RUNNING, .slot = buckets };
+    for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
+        w->small_start[l] = -1;
+    }
 }
 
 

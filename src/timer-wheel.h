@@ -58,6 +58,10 @@ typedef struct sp_wheel {
     unsigned stage_level, stage_digit;
     spindle_timer *stage_left[SP_WHEEL_STRIPES]; /* not spread yet */
     uint64_t stage_nonempty;
+    /* Per level, a next bucket found too small to stage (start; -1: none),
+     * forgotten when a timer is placed in it. */
+    int64_t small_start[SP_WHEEL_LEVELS];
+    uint8_t small_digit[SP_WHEEL_LEVELS];
 } sp_wheel;
 
 /* `buckets`: SP_WHEEL_BUCKETS zeroed buckets, which the caller allocates
