@@ -501,34 +501,48 @@ bool sp_timers_run(spindle_ctx *ctx)
     return progress;
 }
 
+/* One clock's part of the timeout (-1: none armed), published for
+ * request(). */
+static int64_t clock_timeout(sp_timer_clock *c, bool exact)
+{
+    int64_t next = INT64_MAX, now = 0;
+    bool armed = c->wheel.linked;
+    if (armed) {
+        now = spindle_now_ns(c->clock);
+        next = sp_wheel_next(&c->wheel, now, exact);
+    }
+    /* seq_cst: see request(). Unchanged, it needs no store: a request
+     * that reads it decides as it would after one. */
+    if (atomic_load_explicit(&c->wake_at, memory_order_relaxed) != next) {
+        atomic_store_explicit(&c->wake_at, next, memory_order_seq_cst);
+    }
+    /* Even at INT64_MAX, an armed timer is a deadline, not "none". */
+    return armed ? (next > now ? next - now : 0) : -1;
+}
+
 int64_t sp_timers_timeout(spindle_ctx *ctx, bool exact)
 {
     bool taken = hold_wait(ctx); /* spindle_compute_timeout() */
-    drain(ctx);
-    int64_t timeout = -1;
-    for (int k = SPINDLE_CLOCK_MONOTONIC; k <= SPINDLE_CLOCK_REALTIME; k++) {
-        sp_timer_clock *c = &ctx->timers[k];
-        int64_t next = INT64_MAX, now = 0;
-        bool armed = c->wheel.linked;
-        if (armed) {
-            now = spindle_now_ns(c->clock);
-            next = sp_wheel_next(&c->wheel, now, exact);
-        }
-        /* seq_cst: see request(). Unchanged, it needs no store: a request
-         * that reads it decides as it would after one. */
-        if (atomic_load_explicit(&c->wake_at, memory_order_relaxed) != next) {
-            atomic_store_explicit(&c->wake_at, next, memory_order_seq_cst);
-        }
-        if (armed) { /* even at INT64_MAX: a deadline, not "none" */
-            int64_t left = next > now ? next - now : 0;
-            if (timeout < 0 || left < timeout) {
+    int64_t timeout = 0;
+    /* A request that came in meanwhile (the check below pairs with
+     * request()) is applied and the timeout computed again, once; if
+     * requests keep coming, the loop does not sleep and the run (step 6)
+     * applies them. */
+    for (int round = 0; round < 2; round++) {
+        drain(ctx);
+        timeout = -1;
+        for (int k = SPINDLE_CLOCK_MONOTONIC; k <= SPINDLE_CLOCK_REALTIME;
+             k++) {
+            int64_t left = clock_timeout(&ctx->timers[k], exact);
+            if (left >= 0 && (timeout < 0 || left < timeout)) {
                 timeout = left;
             }
         }
-    }
-    if (atomic_load_explicit(&ctx->timer_queue, memory_order_seq_cst) !=
-        QUEUE_END) {
-        timeout = 0; /* a request came in: the run (step 6) applies it */
+        if (atomic_load_explicit(&ctx->timer_queue, memory_order_seq_cst) ==
+            QUEUE_END) {
+            break;
+        }
+        timeout = 0;
     }
     if (taken) {
         let_go(ctx);
