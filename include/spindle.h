@@ -389,7 +389,7 @@ SPINDLE_API int spindle_bh_oneshot(spindle_ctx *ctx, spindle_io_fn *cb,
  *
  * Memory: a timer takes 64 bytes, in blocks of 63 that its context keeps
  * (a freed timer's memory serves the context's next spindle_timer_new;
- * spindle_ctx_free releases it all), plus 37 KiB per clock for the wheel,
+ * spindle_ctx_free releases it all), plus 41 KiB per clock for the wheel,
  * from the clock's first timer on.
  */
 
@@ -412,7 +412,8 @@ SPINDLE_API spindle_timer *spindle_timer_new(spindle_ctx *ctx,
  * are running waits for a later iteration even if its deadline has passed.
  * Timers fire in deadline order, equal deadlines in the order they were
  * armed. A realtime timer fires when the realtime clock reaches its
- * deadline, wherever the clock was set meanwhile.
+ * deadline, wherever the clock was set meanwhile (a loop asleep when the
+ * clock is set wakes at the time it computed before, then looks again).
  * Any thread (see above); never allocates. O(1); re-arming within the same
  * slot of the wheel (a deadline pushed back by a little) touches only the
  * timer. NULL is ignored. */
