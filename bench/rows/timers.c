@@ -237,12 +237,14 @@ static void churn_remote(const bench_impl *im, long k, long ops, double *op_ns,
 /* The live second: n timers armed on deadlines spread evenly, one per
  * microsecond (a million: one second; QUICK=1's 100,000: a tenth, at the
  * same rate), after a lead that leaves every library time to arm them all
- * (400 ns a timer: GLib takes 330), then blocking iterations until all
+ * (1 µs a timer: GLib takes 330 ns; a run where arming outlasts the lead is
+ * noted, as its first timers are then late by that), then blocking
+ * iterations until all
  * have fired: the loop thread's CPU time per timer, and how late they fired
  * (the clock in the callback minus the deadline in the library's
  * resolution): the largest and the 99th percentile. */
 #define LIVE_SPACING_NS 1000
-#define LIVE_LEAD_NS(n) (50000000LL + (n) * 400LL)
+#define LIVE_LEAD_NS(n) (50000000LL + (n) * 1000LL)
 
 typedef struct live_run {
     long n, fired;
@@ -273,7 +275,7 @@ static int cmp_float(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void live(const bench_impl *im, long n, double *cpu_ns, double *late_max_us,
+static bool live(const bench_impl *im, long n, double *cpu_ns, double *late_max_us,
                  double *late_p99_us)
 {
     const bench_adapter *a = im->a;
@@ -298,8 +300,7 @@ static void live(const bench_impl *im, long n, double *cpu_ns, double *late_max_
     a->now_update(loop);
     for (long i = 0; i < n; i++)
         a->timer_arm(t[i], r.delay[i]);
-    BENCH_CHECK(now_ns() < r.base + LIVE_LEAD_NS(n), "%s: arming %ld timers took longer "
-                "than the lead", im->label, n);
+    bool overran = now_ns() >= r.base + LIVE_LEAD_NS(n);
     int64_t c0 = thread_cpu_ns();
     while (r.fired < n)
         a->run_once(loop, true);
@@ -321,6 +322,7 @@ static void live(const bench_impl *im, long n, double *cpu_ns, double *late_max_
     free(r.late_us);
     free(slots);
     free(t);
+    return overran;
 }
 
 void row_timers(void)
@@ -375,9 +377,11 @@ void row_timers(void)
         if (!impl_wanted(impls[i].label))
             continue;
         double cpu[64], mx[64], p99[64];
+        bool overran = false;
         for (int r = 0; r < cfg.reps; r++)
-            live(&impls[i], n, &cpu[r], &mx[r], &p99[r]);
-        const char *note = impls[i].a->timer_res_ns >= 1000000 ? "ms deadlines" : "";
+            overran |= live(&impls[i], n, &cpu[r], &mx[r], &p99[r]);
+        const char *note = overran ? "arming outlasted the lead: includes that"
+                           : impls[i].a->timer_res_ns >= 1000000 ? "ms deadlines" : "";
         result_add("timers live second", param, "CPU ns/timer", impls[i].label,
                    impls[i].kind, cpu, cfg.reps, "");
         result_add("timers live second", param, "us late, max", impls[i].label,
