@@ -215,8 +215,8 @@ static void place(sp_wheel *w, spindle_timer *t)
     }
     push(list, t);
     w->nonempty[level] |= (uint64_t)1 << d;
-    if (d == w->small_digit[level]) {
-        w->small_start[level] = -1; /* it grew: count it again */
+    if (d == w->counted_digit[level] && !w->counted_big[level]) {
+        w->counted_start[level] = -1; /* it grew: count it again */
     }
 }
 
@@ -376,12 +376,13 @@ static bool stage_next(sp_wheel *w, unsigned *level, unsigned *d,
         }
         unsigned i = (unsigned)__builtin_ctzll(bits);
         int64_t start = (int64_t)bucket_start(w, l, i);
-        if (w->small_start[l] == start && w->small_digit[l] == i) {
-            continue;
+        if (w->counted_start[l] != start || w->counted_digit[l] != i) {
+            /* Counted once per bucket: the loop asks on every timeout. */
+            w->counted_start[l] = start;
+            w->counted_digit[l] = (uint8_t)i;
+            w->counted_big[l] = bucket_holds(w, l, i, STAGE_MIN);
         }
-        if (!bucket_holds(w, l, i, STAGE_MIN)) {
-            w->small_start[l] = start;
-            w->small_digit[l] = (uint8_t)i;
+        if (!w->counted_big[l]) {
             continue;
         }
         *level = l;
@@ -652,7 +653,7 @@ void sp_wheel_init(sp_wheel *w, sp_wheel_bucket *buckets)
 {
     *w = (sp_wheel){ .run_now = NOT_RUNNING, .slot = buckets };
     for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
-        w->small_start[l] = -1;
+        w->counted_start[l] = -1;
     }
 }
 

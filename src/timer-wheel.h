@@ -58,10 +58,12 @@ typedef struct sp_wheel {
     unsigned stage_level, stage_digit;
     spindle_timer *stage_left[SP_WHEEL_STRIPES]; /* not spread yet */
     uint64_t stage_nonempty;
-    /* Per level, a next bucket found too small to stage (start; -1: none),
-     * forgotten when a timer is placed in it. */
-    int64_t small_start[SP_WHEEL_LEVELS];
-    uint8_t small_digit[SP_WHEEL_LEVELS];
+    /* Per level, the next bucket last counted for staging (start; -1:
+     * none) and whether it was big enough; a small verdict is forgotten
+     * when a timer is placed in that bucket. */
+    int64_t counted_start[SP_WHEEL_LEVELS];
+    uint8_t counted_digit[SP_WHEEL_LEVELS];
+    bool counted_big[SP_WHEEL_LEVELS];
 } sp_wheel;
 
 /* `buckets`: SP_WHEEL_BUCKETS zeroed buckets, which the caller allocates
