@@ -5,12 +5,15 @@
  * Each clock has a wheel (timer-wheel.c) that orders its armed timers.
  * The wheels, the slabs the timers live in and the sequence counter belong
  * to whoever holds the context's `timers_busy` flag:
- *   - the thread running the iteration takes it in loop_enter and keeps it
- *     to loop_leave, so a callback that arms, re-arms or disarms a timer
- *     (the common case: a timeout re-armed on every read) touches the wheel
- *     directly, with no lock and no atomic read-modify-write;
+ *   - the thread running the iteration takes it in sp_loop_enter and keeps
+ *     it to sp_loop_leave, so a callback that arms, re-arms or disarms a
+ *     timer (the common case: a timeout re-armed on every read) touches the
+ *     wheel directly, with no lock and no atomic read-modify-write;
  *   - any other thread takes it with one compare-and-swap when no
- *     iteration runs, for the length of one call;
+ *     iteration runs, for the length of one call (and wakes the loop if
+ *     it armed a timer earlier than `wake_at`: a host loop embedding the
+ *     context sleeps outside any iteration, between spindle_prepare and
+ *     spindle_check);
  *   - a thread that cannot take it (an iteration runs elsewhere) does not
  *     wait: spindle_timer_mod/mod_anticipate/del store the new deadline in
  *     the timer's `expire` and queue the timer on the context's request
@@ -209,10 +212,10 @@ static void place(sp_timer_clock *c, spindle_timer *t, int64_t expire,
 static void request(spindle_ctx *ctx, sp_timer_clock *c, spindle_timer *t,
                     int64_t expire, bool anticipate)
 {
-    /* seq_cst, as is the claim of qnext below: with drain_queue()'s clearing of
-     * qnext and its load of expire, a Dekker pair. Either this call finds
-     * the timer no longer queued and queues it again, or the drain that
-     * dequeued it reads this deadline. */
+    /* seq_cst, as is the claim of qnext below: with drain_queue()'s
+     * clearing of qnext and its load of expire, a Dekker pair. Either this
+     * call finds the timer no longer queued and queues it again, or the
+     * drain that dequeued it reads this deadline. */
     if (anticipate) {
         int64_t cur = atomic_load_explicit(&t->expire, memory_order_relaxed);
         do {
@@ -380,12 +383,21 @@ static void arm(spindle_timer *t, int64_t expire, bool anticipate)
     }
     drain(ctx); /* requests made before this call come first */
     int64_t cur = atomic_load_explicit(&t->expire, memory_order_relaxed);
-    if (!anticipate || cur < 0 || expire < cur) {
+    bool moved = !anticipate || cur < 0 || expire < cur;
+    if (moved) {
         atomic_store_explicit(&t->expire, expire, memory_order_relaxed);
         place(c, t, expire, ctx->timer_seq++);
     }
     if (h == HELD_NOW) {
         let_go(ctx);
+        /* No iteration runs, but a host loop may sleep between
+         * spindle_prepare and spindle_check on the timeout prepare
+         * computed (embed.c). This thread took the timers after prepare
+         * let them go, so it reads the wake_at prepare stored. */
+        if (moved && expire < atomic_load_explicit(&c->wake_at,
+                                                   memory_order_seq_cst)) {
+            spindle_notify(ctx);
+        }
     }
 }
 
@@ -560,7 +572,9 @@ int sp_timers_init(spindle_ctx *ctx)
         c->ctx = ctx;
         c->clock = (spindle_clock)k;
         sp_wheel_init(&c->wheel, NULL);
-        atomic_init(&c->wake_at, INT64_MAX);
+        /* Until a timeout is computed nothing sleeps on one: no deadline
+         * is earlier than this, so no change needs to wake anybody. */
+        atomic_init(&c->wake_at, INT64_MIN);
     }
     return 0;
 }
