@@ -590,7 +590,11 @@ SPINDLE_API spindle_thread *spindle_thread_new(const spindle_options *opts);
  * the context is running or will run. A stop is never lost, whether the
  * loop sleeps, spins or runs callbacks. From one of the thread's own
  * callbacks: returns at once; the loop stops when the callback returns and
- * the thread then frees the context and itself. NULL is ignored. */
+ * the thread then frees the context and itself, so, as for
+ * spindle_ctx_free, no other thread may still be inside a call on the
+ * context then (a spindle_bh_schedule whose BH triggers the free may still
+ * be notifying the context when the BH runs: trigger it through an fd, or
+ * make sure such calls have returned). NULL is ignored. */
 SPINDLE_API void spindle_thread_free(spindle_thread *t);
 
 /* The thread's context; NULL for NULL. Any thread. Functions marked "loop

@@ -269,7 +269,14 @@ static void free_from_its_own_callback_stops_and_cleans_up(void **state)
     assert_int_equal(loop_threads_alive(), 1);
     f->self = f->t;
     f->t = NULL; /* the thread will own itself */
-    assert_int_equal(spindle_bh_oneshot(f->ctx, self_free_cb, f), 0);
+    /* Triggered through the pipe, not a call into the context: the
+     * context goes away with the thread, so no call of ours may still be
+     * running in it then (spindle.h, spindle_thread_free). A BH scheduled
+     * from here could run and free the context while spindle_bh_oneshot
+     * was still notifying it. */
+    assert_int_equal(spindle_set_fd_handler(f->ctx, f->pipe[0], false,
+                                            self_free_cb, NULL, NULL, f), 0);
+    assert_int_equal(write(f->pipe[1], "x", 1), 1);
     wait_uint_at_least(&f->runs, 1);
     /* It stops after the callback and frees the context and itself (the
      * sanitizer builds check the memory); the thread then ends. */
