@@ -13,7 +13,21 @@ typedef void bench_cb(void *arg);
 /* A deferred callback returns true to run again in the next iteration. */
 typedef bool bench_defer_cb(void *arg);
 
-enum { BACKEND_DEFAULT, BACKEND_POLL, BACKEND_EPOLL };
+enum { BACKEND_DEFAULT, BACKEND_POLL, BACKEND_EPOLL, BACKEND_IO_URING };
+
+/* An asynchronous file read (the file-read row): the row fills the first
+ * fields; the adapter keeps its library's request in lib[]; cb(arg, bytes
+ * read or -errno) runs on the loop thread. */
+typedef void bench_read_cb(void *arg, int res);
+typedef struct bench_read {
+    int fd;
+    void *buf;
+    unsigned len;
+    int64_t off;
+    bench_read_cb *cb;
+    void *arg;
+    _Alignas(16) unsigned char lib[512];
+} bench_read;
 
 typedef struct bench_loop_opts {
     int backend;   /* spindle only: BACKEND_* */
@@ -70,6 +84,8 @@ typedef struct bench_adapter {
     void *(*work_new)(void *loop, bench_cb *work, bench_cb *done, void *arg);
     void (*work_submit)(void *w);
     void (*work_free)(void *w);
+    /* Start one file read (NULL: the library has none). */
+    void (*read_start)(void *loop, bench_read *r);
 } bench_adapter;
 
 /* Every pool gets this many workers (libuv's default). */

@@ -5,6 +5,8 @@
 #include <stdatomic.h>
 #include <errno.h>
 #include <sys/epoll.h>
+#include <liburing.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -148,4 +150,100 @@ double floor_epoll_dispatch(fdd *d, double *ns_per_callback)
     *ns_per_callback = (double)(now_ns() - t1) / d->count;
     close(ep);
     return setup;
+}
+
+/* --- file-read: the measurement shared by the floor and the libraries
+ * (bench/rows/file_read.c), then the floor, a plain liburing loop: submit
+ * and wait for one, reap what is there, queue the next reads. --- */
+int64_t fr_next_off(fr_run *r)
+{
+    r->rng ^= r->rng << 13;
+    r->rng ^= r->rng >> 7;
+    r->rng ^= r->rng << 17;
+    return (int64_t)(r->rng % ((1LL << 30) / FR_BLOCK)) * FR_BLOCK;
+}
+
+void fr_start(fr_run *r)
+{
+    if (r->lat_cap < r->target) {
+        free(r->lat);
+        r->lat = malloc(sizeof(*r->lat) * (size_t)r->target);
+        BENCH_CHECK(r->lat, "out of memory");
+        r->lat_cap = r->target;
+    }
+    r->rng = 0x2545f4914f6cdd1dull;
+    r->done = 0;
+    r->cap_at = now_ns() + bench_time_cap_ns();
+    r->cpu0 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
+    r->t0 = now_ns();
+}
+
+void fr_record(fr_run *r, int res, int64_t latency_ns)
+{
+    BENCH_CHECK(res == FR_BLOCK, "file-read: a read returned %d", res);
+    BENCH_CHECK(r->done < r->lat_cap, "file-read: more reads than issued");
+    r->lat[r->done++] = latency_ns;
+}
+
+void fr_stop(fr_run *r)
+{
+    r->t1 = now_ns();
+    r->cpu1 = bench_clock(CLOCK_PROCESS_CPUTIME_ID);
+    BENCH_CHECK(r->done > 0, "file-read: no read completed");
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+fr_summary fr_summarize(const fr_run *r)
+{
+    qsort(r->lat, (size_t)r->done, sizeof(*r->lat), cmp_i64);
+    return (fr_summary){
+        .ns_per_read = (double)(r->t1 - r->t0) / r->done,
+        .p50 = (double)r->lat[r->done / 2],
+        .p99 = (double)r->lat[r->done * 99 / 100],
+        .cpu_per_read = (double)(r->cpu1 - r->cpu0) / r->done,
+    };
+}
+
+void floor_liburing_read(fr_run *r, void *bufs)
+{
+    struct io_uring ring;
+    BENCH_CHECK(io_uring_queue_init(64, &ring, 0) == 0, "io_uring_queue_init");
+    int64_t t0[64];
+    long issued = 0;
+    fr_start(r);
+    for (int i = 0; i < r->depth; i++) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+        io_uring_prep_read(sqe, r->fd, (char *)bufs + (size_t)i * FR_BLOCK, FR_BLOCK,
+                           (uint64_t)fr_next_off(r));
+        io_uring_sqe_set_data64(sqe, (uint64_t)i);
+        t0[i] = now_ns();
+        issued++;
+    }
+    while (r->done < issued) {
+        int e = io_uring_submit_and_wait(&ring, 1);
+        BENCH_CHECK(e >= 0 || e == -EINTR, "io_uring_submit_and_wait: %d", e);
+        struct io_uring_cqe *cqe;
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&ring, head, cqe) {
+            int i = (int)cqe->user_data;
+            fr_record(r, cqe->res, now_ns() - t0[i]);
+            n++;
+            if (issued < r->target && now_ns() < r->cap_at) {
+                struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+                io_uring_prep_read(sqe, r->fd, (char *)bufs + (size_t)i * FR_BLOCK, FR_BLOCK,
+                                   (uint64_t)fr_next_off(r));
+                io_uring_sqe_set_data64(sqe, (uint64_t)i);
+                t0[i] = now_ns();
+                issued++;
+            }
+        }
+        io_uring_cq_advance(&ring, n);
+    }
+    fr_stop(r);
+    io_uring_queue_exit(&ring);
 }

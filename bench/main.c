@@ -3,6 +3,7 @@
  *
  *   spindle-bench [--quick] [--reps N] [--out DIR] [ROW...]
  *   rows: wake wake-busy polled polled-low fd timers defer memory pool
+ *         file-read
  * SPDX-License-Identifier: MIT */
 #include <dirent.h>
 #include <string.h>
@@ -106,7 +107,7 @@ int main(int argc, char **argv)
             out = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--quick] [--reps N] [--out DIR] [ROW...]\n"
-                            "rows: wake wake-busy polled polled-low fd timers defer memory pool\n",
+                            "rows: wake wake-busy polled polled-low fd timers defer memory pool file-read\n",
                     argv[0]);
             return 2;
         }
@@ -142,6 +143,7 @@ int main(int argc, char **argv)
         {"fd", row_fd_dispatch},     {"timers", row_timers},
         {"defer", row_defer},        {"memory", row_memory},
         {"pool", row_pool},
+        {"file-read", row_file_read},
     };
     int64_t start = now_ns();
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {

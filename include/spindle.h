@@ -4,8 +4,9 @@
  * One context (spindle_ctx) owns fd handlers, bottom halves (deferred calls)
  * and timers. spindle_poll() runs one iteration of the loop: it busy-polls
  * the user's io_poll callbacks for a few microseconds when events come fast,
- * and sleeps in the kernel (ppoll or epoll) when they do not, adapting the
- * polling window on every blocking iteration.
+ * and sleeps in the kernel (io_uring, epoll or ppoll) when they do not,
+ * adapting the polling window on every blocking iteration. On io_uring the
+ * busy polling also sees every fd, by reading the ring's completions.
  *
  * Conventions used throughout this header:
  * - Functions returning int return 0 on success or a negative errno value.
@@ -50,11 +51,11 @@ typedef void spindle_io_fn(void *opaque);
 typedef bool spindle_poll_fn(void *opaque);
 
 typedef enum {
-    SPINDLE_BACKEND_AUTO,     /* poll, then epoll from 64 fds on (this
-                               * version has no io_uring back-end) */
+    SPINDLE_BACKEND_AUTO,     /* io_uring if usable, else poll, then epoll
+                               * from 64 fds on */
     SPINDLE_BACKEND_POLL,     /* ppoll(2) over every registered fd: O(n) */
     SPINDLE_BACKEND_EPOLL,    /* epoll(7) from creation on */
-    SPINDLE_BACKEND_IO_URING, /* not in this version: gives epoll */
+    SPINDLE_BACKEND_IO_URING, /* io_uring; epoll where the kernel refuses it */
 } spindle_backend;
 
 /* Options for spindle_ctx_new_opts(). Start from SPINDLE_OPTIONS_INIT, the
@@ -90,16 +91,23 @@ SPINDLE_API spindle_ctx *spindle_ctx_new(void);
 /* Create a context with options; o may be NULL for the defaults (see
  * spindle_options and SPINDLE_OPTIONS_INIT). The back-end is chosen as
  * follows: SPINDLE_BACKEND_AUTO reads $SPINDLE_BACKEND ("poll", "epoll" or
- * "io_uring"; anything else is ignored) and otherwise starts on poll and
- * switches to epoll for good once 64 or more fds are registered.
+ * "io_uring"; anything else is ignored) and otherwise takes io_uring where
+ * the kernel allows it; without io_uring it starts on poll and switches to
+ * epoll for good once 64 or more fds are registered.
+ * SPINDLE_BACKEND_IO_URING takes io_uring, or epoll where the kernel
+ * refuses io_uring (io_uring_setup fails with ENOSYS, EPERM or ENOMEM, or
+ * the kernel is older than 5.13) or spindle was built without liburing. A
+ * context never moves to or from io_uring after its creation.
  * SPINDLE_BACKEND_EPOLL uses epoll from creation on. Whatever was asked,
  * epoll failing (at creation, for example for want of an fd, or later)
  * makes the context fall back to poll for good; spindle_backend_name tells
- * which one runs. io_uring (not part of this version) means epoll.
+ * which one runs.
  *
- * When busy polling runs, and what it costs. Busy polling can only see
- * events that an io_poll callback checks in user space. On the poll and
- * epoll back-ends the loop therefore spins only while every registered fd
+ * When busy polling runs, and what it costs. On io_uring, busy polling
+ * reads the ring's completions in every round, so it sees every registered
+ * fd at no system call, and the loop spins whatever handlers exist. On poll
+ * and epoll, busy polling can only see events that an io_poll callback
+ * checks in user space, so the loop spins only while every registered fd
  * handler has an io_poll: a single handler without one (a listening
  * socket, a signalfd, a connection served by io_read alone) could have an
  * event that no io_poll would notice, so the loop goes straight to the
@@ -113,9 +121,10 @@ SPINDLE_API spindle_ctx *spindle_ctx_new(void);
  * saves. So: give io_poll to user-space sources (a ring in shared memory, a
  * flag another thread sets, a device's completion queue) and leave sockets
  * and other fds to io_read/io_write and the kernel wait. A plain socket
- * server gains nothing from busy polling on these back-ends; poll_max_ns 0
- * says so explicitly. (A back-end that checks every fd from user space,
- * io_uring, is not part of this version.)
+ * server gains nothing from busy polling on poll and epoll; poll_max_ns 0
+ * says so explicitly. On io_uring it gains the wake-up of a sleeping loop
+ * (tens of microseconds on a virtual machine) for events that come within
+ * the window, at the price of the CPU spent spinning.
  *
  * Errors: NULL + errno EINVAL (unknown back-end, negative grow or shrink),
  * ENOMEM, EMFILE, ENFILE. Any thread. */
@@ -123,8 +132,10 @@ SPINDLE_API spindle_ctx *spindle_ctx_new_opts(const spindle_options *o);
 
 /* Release the context and everything it owns: fd handler registrations,
  * bottom halves (scheduled or not, oneshots included), timers (armed or not)
- * and event-notifier registrations. Their handles become invalid: do not use
- * or free them afterwards. No callback runs. User fds and spindle_notifier
+ * and event-notifier registrations, and (io_uring) the requests of
+ * spindle_add_sqe() still in flight, which it cancels and waits for. Their
+ * handles become invalid: do not use or free them afterwards. No callback
+ * runs. User fds and spindle_notifier
  * objects are not closed or freed. Must not be called while an iteration
  * runs (not from a callback). NULL is ignored. Cost O(n + b + t). */
 SPINDLE_API void spindle_ctx_free(spindle_ctx *ctx);
@@ -132,7 +143,10 @@ SPINDLE_API void spindle_ctx_free(spindle_ctx *ctx);
 /* Run one iteration of the loop (docs/design.md): compute the timeout,
  * busy-poll io_poll callbacks for up to the current window, wait in the
  * back-end if still needed, then run scheduled bottom halves, ready fd
- * handlers and expired timers.
+ * handlers and expired timers. On io_uring the busy polling also reads the
+ * ring's completions, so every fd is seen at no system call; with poll and
+ * epoll a handler without io_poll switches busy polling off (only the
+ * kernel sees its fd).
  *
  * Returns true if it made progress: a callback other than the context's own
  * wake-up ran (an fd handler, a non-idle bottom half, a timer, or an io_poll
@@ -145,8 +159,8 @@ SPINDLE_API void spindle_ctx_free(spindle_ctx *ctx);
  * another thread is inside spindle_poll() on the same context returns false
  * at once with errno EBUSY and changes nothing. NULL: false, errno EINVAL.
  * Cost: O(ready handlers + scheduled bottom halves + fired timers) with
- * epoll (each timer is moved at most once per wheel level on its way to
- * firing: docs/design.md); the poll back-end adds O(n). */
+ * io_uring and epoll (each timer is moved at most once per wheel level on
+ * its way to firing: docs/design.md); the poll back-end adds O(n). */
 SPINDLE_API bool spindle_poll(spindle_ctx *ctx, bool blocking);
 
 /* Wake the loop: a blocking spindle_poll() that is sleeping, or about to,
@@ -167,7 +181,8 @@ SPINDLE_API int spindle_set_poll_params(spindle_ctx *ctx, int64_t max_ns,
 SPINDLE_API int64_t spindle_get_poll_ns(const spindle_ctx *ctx);
 
 /* The back-end in use: "poll", "epoll" or "io_uring". An AUTO context
- * reports "poll" until it switches to epoll. NULL for a NULL context.
+ * without io_uring reports "poll" until it switches to epoll. NULL for a
+ * NULL context.
  * Any thread (may change right after an AUTO switch or an epoll failure). */
 SPINDLE_API const char *spindle_backend_name(const spindle_ctx *ctx);
 
@@ -193,13 +208,18 @@ typedef struct spindle_stats {
     int64_t poll_max_ns;     /* its upper bound; 0: busy polling off */
     /* Registered fd handlers without io_poll (now, not a running count).
      * While it is not 0, poll and epoll do not busy-poll at all, whatever
-     * poll_max_ns says: see spindle_ctx_new_opts(). */
+     * poll_max_ns says: see spindle_ctx_new_opts(). io_uring busy-polls
+     * anyway. */
     uint64_t unpolled_handlers;
     /* Interest changes passed to the kernel (spindle_set_fd_interest): one
-     * epoll_ctl each on epoll; poll has no kernel state and counts none. */
+     * epoll_ctl each on epoll, one request each on io_uring; poll has no
+     * kernel state and counts none. */
     uint64_t interest_updates;
     uint64_t pool_workers;   /* thread-pool workers alive now */
     uint64_t pool_queued;    /* submitted jobs no worker has taken yet */
+    /* System calls the back-end made on the loop thread: waits,
+     * submissions, io_uring's re-checks. */
+    uint64_t monitor_syscalls;
 } spindle_stats;
 
 /* Copy the counters into *out. 0, or -EINVAL if ctx or out is NULL. */
@@ -212,7 +232,13 @@ SPINDLE_API int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out);
 /* Register, update or remove the handler of fd.
  * - io_read runs when fd is readable, hung up or in error; io_write when it
  *   is writable or in error; io_poll is busy-polled (see spindle_poll_fn).
- *   All receive opaque. Readiness is level-triggered.
+ *   All receive opaque. Readiness is level-triggered: a handler that leaves
+ *   data unread is called again in a later iteration (on io_uring while the
+ *   loop busy-polls other events: after at most 32 us of spinning). On
+ *   io_uring during busy polling, a read made elsewhere between the event
+ *   and the call (by another thread, or by the program between two
+ *   iterations) can leave the call with nothing to
+ *   read: use non-blocking fds, as with any event loop.
  * - Registering an fd that is already registered replaces its callbacks (a
  *   new record is installed; poll_begin/poll_end carry over).
  * - All three of io_read, io_write and io_poll NULL removes the handler.
@@ -223,8 +249,11 @@ SPINDLE_API int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out);
  *   on) while spindle_disable_external() is in force.
  * A registered fd that gets closed without being removed is disarmed: the
  * poll back-end sees it as invalid, stops waiting on it and counts it in
- * stats.stale_fds; epoll drops it by itself. No callback runs for it and the
- * loop does not spin; remove it (or register the fd number again) as usual.
+ * stats.stale_fds; epoll drops it by itself; io_uring keeps a reference to
+ * the file until the handler is removed (its events still come), and when
+ * the file hangs up or errs finds the fd closed and disarms it as poll does.
+ * No callback runs for it and the loop does not spin; remove it (or
+ * register the fd number again) as usual.
  * The handler waits for the events it has callbacks for: readable if io_read,
  * writable if io_write. To change that without re-registering (write
  * interest on only while a socket's buffer is full, say), use
@@ -232,11 +261,13 @@ SPINDLE_API int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out);
  * a system call each time; changing the interest costs neither.
  * Busy polling: on the poll and epoll back-ends a handler without io_poll
  * keeps the whole context from busy polling (spindle_ctx_new_opts() says
- * why and what to do instead); stats.unpolled_handlers counts them.
+ * why and what to do instead); stats.unpolled_handlers counts them. On
+ * io_uring it does not.
  * Returns 0; -EINVAL for a NULL context; -EBADF when registering or updating
  * a negative fd or one that is not open; -ENOMEM. Any thread: a change made
  * from another thread takes effect by the next iteration and wakes the loop.
- * Cost O(1) (plus an epoll_ctl with the epoll back-end). */
+ * Cost O(1) (plus an epoll_ctl with the epoll back-end, an fcntl with
+ * io_uring, whose kernel request the loop's next submission carries). */
 SPINDLE_API int spindle_set_fd_handler(spindle_ctx *ctx, int fd,
                                        bool is_external,
                                        spindle_io_fn *io_read,
@@ -264,8 +295,9 @@ SPINDLE_API int spindle_set_fd_handler(spindle_ctx *ctx, int fd,
  * - Same behaviour on every back-end. The change is recorded and given to
  *   the kernel before the next wait, once per fd however often the interest
  *   changed meanwhile: epoll makes at most one epoll_ctl for it, none if the
- *   interest ended where it started; poll waits on the current interest at
- *   every ppoll and makes no extra call.
+ *   interest ended where it started; io_uring one request (an update of the
+ *   fd's poll, carried by the wait's own system call); poll waits on the
+ *   current interest at every ppoll and makes no extra call.
  * Cost O(1); never allocates and makes no system call. It takes the
  * handler lock for a few instructions (a futex wait only if another thread
  * is registering a handler at that very moment).
@@ -297,10 +329,12 @@ SPINDLE_API void spindle_set_fd_poll(spindle_ctx *ctx, int fd,
  * dispatched nor polled nor waited on. Events that arrive meanwhile are
  * delivered once the count returns to zero. The loop does not spin while
  * disabled. Any thread. O(1); while disabled, an epoll context waits with
- * ppoll over the internal handlers, O(n). An embedded context (see
- * spindle_get_fd) also takes the external fds out of its epoll set at its
- * next spindle_prepare, and the enable that brings the count to zero puts
- * them back: O(external handlers) system calls. NULL is ignored. */
+ * ppoll over the internal handlers, O(n) (io_uring keeps waiting on its
+ * ring and holds external events back). An embedded context (see
+ * spindle_get_fd) on poll or epoll also takes the external fds out of its
+ * epoll set at its next spindle_prepare, and the enable that brings the
+ * count to zero puts them back: O(external handlers) system calls. NULL is
+ * ignored. */
 SPINDLE_API void spindle_disable_external(spindle_ctx *ctx);
 SPINDLE_API void spindle_enable_external(spindle_ctx *ctx);
 

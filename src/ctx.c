@@ -74,11 +74,19 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
     sp_handlers_init(ctx);
     pthread_mutex_init(&ctx->pool_lock, NULL);
     /* Before any handler exists, so every registration goes through the
-     * chosen monitor. Failing here leaves the context on poll. io_uring is
-     * not part of this version: it means epoll, as when a kernel refuses
-     * io_uring. */
-    if (opt.backend == SPINDLE_BACKEND_EPOLL ||
+     * chosen monitor. AUTO and IO_URING try the ring first; when the kernel
+     * refuses it (ENOSYS, EPERM, ENOMEM, missing opcodes) AUTO carries on
+     * as without io_uring (poll, then epoll at 64 fds) and IO_URING takes
+     * epoll. Failing epoll leaves the context on poll. */
+    bool on_ring = false;
+    if (opt.backend == SPINDLE_BACKEND_AUTO ||
         opt.backend == SPINDLE_BACKEND_IO_URING) {
+        on_ring = sp_fdmon_io_uring_enable(ctx);
+    }
+    if (on_ring) {
+        ctx->epoll_auto = false;
+    } else if (opt.backend == SPINDLE_BACKEND_EPOLL ||
+               opt.backend == SPINDLE_BACKEND_IO_URING) {
         sp_fdmon_epoll_enable(ctx);
     }
     /* The context's own wake-up: polled, so a busy loop sees a notify at
@@ -92,6 +100,9 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
 
 fail_handlers:
     pthread_mutex_destroy(&ctx->pool_lock);
+    if (atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)->destroy) {
+        atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)->destroy(ctx);
+    }
     sp_handlers_destroy(ctx);
     sp_notifier_destroy(&ctx->wake);
 fail_timers:
@@ -113,6 +124,11 @@ void spindle_ctx_free(spindle_ctx *ctx)
     pthread_mutex_destroy(&ctx->pool_lock);
     sp_bh_destroy_all(ctx);
     sp_timers_destroy(ctx);
+    const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
+                                               memory_order_acquire);
+    if (mon->destroy) {
+        mon->destroy(ctx); /* requests in flight reaped or cancelled */
+    }
     sp_handlers_destroy(ctx);
     sp_notifier_destroy(&ctx->wake);
     free(ctx);
@@ -202,7 +218,9 @@ bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain)
 
     /* 3. Wait in the kernel if polling cannot be enough (fdmon-*.c). */
     int64_t wait_end = 0; /* when spindle_notify asked the wait to end */
-    if (timeout || drain || sp_handlers_unpolled(ctx)) {
+    const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
+                                               memory_order_acquire);
+    if (timeout || drain || mon->need_wait(ctx)) {
         bool announced = false;
         if (timeout) {
             progress |= sp_polling_leave(ctx, &timeout, work);
@@ -222,8 +240,7 @@ bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain)
         if (timeout) {
             SP_STAT_INC(ctx, blocking_waits);
         }
-        const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
-                                                   memory_order_acquire);
+        mon = atomic_load_explicit(&ctx->fdmon, memory_order_acquire);
         mon->wait(ctx, timeout);
 
         /* 4. Withdraw the announcement. */
@@ -250,8 +267,13 @@ bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain)
         sp_polling_adapt(ctx, wait_end - start - work_ns);
     }
 
-    /* 6. Bottom halves, ready handlers, then expired timers. */
+    /* 6. Bottom halves, what the monitor completed (io_uring: fd events
+     * and user requests), ready handlers, then expired timers. */
     progress |= sp_bh_poll(ctx);
+    mon = atomic_load_explicit(&ctx->fdmon, memory_order_acquire);
+    if (mon->dispatch) {
+        progress |= mon->dispatch(ctx);
+    }
     progress |= sp_handlers_dispatch(ctx);
     sp_walk_end(ctx);
     progress |= sp_timers_run(ctx);
@@ -290,6 +312,7 @@ int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out)
         .stale_fds = SP_STAT_READ(stale_fds),
         .interest_updates = SP_STAT_READ(interest_updates),
         .unpolled_handlers = (uint64_t)SP_STAT_READ(poll_disable_cnt),
+        .monitor_syscalls = SP_STAT_READ(monitor_syscalls),
         .poll_ns = SP_STAT_READ(poll_ns),
         .poll_max_ns = ctx->poll_max_ns,
     };

@@ -83,7 +83,13 @@ struct sp_handler {
     bool internal;     /* the context's own wake-up: never progress */
     bool stale;        /* loop thread: found closed, no longer waited on */
     bool queued;       /* loop thread: on ctx->ready */
+    /* The io_uring monitor's bookkeeping (fdmon-io_uring.c), in two
+     * bytes since they are written under different rules. */
+    uint8_t ring_flags; /* list_lock: SP_RING_OWNED, SP_RING_QUEUED */
+    uint8_t ring_state; /* loop thread: fdmon-io_uring.c's state bits */
 };
+#define SP_RING_OWNED 1  /* the ring frees it, not retire() */
+#define SP_RING_QUEUED 2 /* on the ring's change queue */
 _Static_assert(sizeof(sp_handler) <= 72, "a handler record fits 80-byte "
                "malloc chunks: see the memory row of make bench");
 
@@ -124,6 +130,10 @@ void sp_interest_apply(spindle_ctx *ctx);
 /* Whether some live handler has no io_poll, so that busy polling cannot
  * see every event: the need_wait() of the poll and epoll monitors. */
 bool sp_handlers_unpolled(spindle_ctx *ctx);
+/* Free a retired record that the io_uring monitor owned, once no walker
+ * can still stand on it (now if no iteration runs). Takes the lock unless
+ * `locked`. */
+void sp_handler_release(spindle_ctx *ctx, sp_handler *h, bool locked);
 /* Bracket every walk of the lists (lockcnt.h). */
 void sp_walk_begin(spindle_ctx *ctx);
 void sp_walk_end(spindle_ctx *ctx);
@@ -308,6 +318,10 @@ struct spindle_ctx {
     sp_handler **pollnodes;
     unsigned pollcap;
 
+    /* The io_uring monitor's state (fdmon-io_uring.c); NULL on poll and
+     * epoll. Set at creation only. */
+    struct sp_uring *uring;
+
     /* Adaptive busy polling (polling.c). Loop thread, but for poll_ns,
      * which any thread may read. */
     _Atomic int64_t poll_ns;
@@ -341,6 +355,7 @@ struct spindle_ctx {
     /* Statistics: loop thread writes (SP_STAT_INC). */
     _Atomic uint64_t iterations, kernel_waits, blocking_waits;
     _Atomic uint64_t poll_hits, poll_misses, stale_fds, interest_updates;
+    _Atomic uint64_t monitor_syscalls;
 };
 
 static inline bool sp_embed_keeps_out(const spindle_ctx *ctx,

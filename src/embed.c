@@ -66,6 +66,10 @@
 static void externals_set(spindle_ctx *ctx, bool out)
 {
     ctx->embed.ext_out = out;
+    if (ctx->uring) {
+        return; /* the set holds only the ring's fd; the ring itself holds
+                 * external events back while they are disabled */
+    }
     for (sp_link *l = sp_list_first(&ctx->handlers); l != &ctx->handlers;
          l = sp_list_next(l)) {
         sp_handler *h = sp_container_of(l, sp_handler, all);

@@ -12,6 +12,8 @@ enum spindle_fault_kind {
     SPINDLE_FAULT_ALLOC,     /* malloc, calloc, realloc: ENOMEM */
     SPINDLE_FAULT_FD,        /* eventfd, pipe2, epoll_create1: EMFILE */
     SPINDLE_FAULT_EPOLL_CTL, /* epoll_ctl: ENOMEM */
+    SPINDLE_FAULT_IO_URING,  /* io_uring setup: the kernel lacks what the
+                              * back-end needs (the context falls back) */
     SPINDLE_FAULT_KINDS
 };
 

@@ -155,6 +155,7 @@ static void epoll_wait_fn(spindle_ctx *ctx, int64_t timeout_ns)
     }
     struct epoll_event events[EPOLL_BATCH];
     int n = epoll_wait_ns(ctx->epollfd, events, timeout_ns);
+    SP_STAT_INC(ctx, monitor_syscalls);
     if (n < 0) {
         if (errno != EINTR) {
             sp_lockcnt_lock(&ctx->list_lock);

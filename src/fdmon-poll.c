@@ -70,12 +70,15 @@ static int poll_update(spindle_ctx *ctx, sp_handler *old, sp_handler *new_h)
     return 0;
 }
 
-static bool poll_reserve(spindle_ctx *ctx, unsigned n)
+bool sp_pollfds_reserve(spindle_ctx *ctx, unsigned n)
 {
     if (n < ctx->pollcap) {
         return true;
     }
     unsigned cap = ctx->pollcap ? ctx->pollcap * 2 : 16;
+    while (cap <= n) {
+        cap *= 2;
+    }
     struct pollfd *fds = sp_realloc(ctx->pollfds, sizeof(*fds) * cap);
     if (!fds) {
         return false;
@@ -101,7 +104,7 @@ static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
         if (!h->interest || h->stale || !sp_handler_enabled(ctx, h)) {
             continue;
         }
-        if (!poll_reserve(ctx, n)) {
+        if (!sp_pollfds_reserve(ctx, n)) {
             /* Out of memory: look at the fds that fit without sleeping,
              * since an fd left out (the wake-up one, say) could never end
              * the sleep. The loop spins until memory is back. */
@@ -119,6 +122,7 @@ static void poll_wait(spindle_ctx *ctx, int64_t timeout_ns)
         timeout_ns = 0;
     }
     int r = ppoll(ctx->pollfds, n, timeout_ns < 0 ? NULL : &ts, NULL);
+    SP_STAT_INC(ctx, monitor_syscalls);
     for (unsigned i = 0; r > 0 && i < n; i++) {
         int revents = ctx->pollfds[i].revents;
         if (!revents) {

@@ -3,14 +3,15 @@
  *
  * A monitor is a small table of functions, switched at run time (an AUTO
  * context moves from poll to epoll at 64 fds; epoll falls back to poll for
- * good when the kernel refuses it). The loop owns the iteration; a monitor
- * only keeps the kernel's view of the handler set and waits.
+ * good when the kernel refuses it; io_uring is chosen at creation and
+ * kept). The loop owns the iteration; a monitor only keeps the kernel's
+ * view of the handler set and waits.
  *
  * Threads: update() runs with the handler lock held, on any thread, because
  * handlers may be registered from any thread. set_events() runs with the
- * lock held on the loop thread. wait() and need_wait() run on the loop
- * thread inside an iteration, with a walker count held, so no handler
- * record that wait() reports can be freed before it is dispatched.
+ * lock held on the loop thread. Every other op runs on the loop thread
+ * inside an iteration, with a walker count held, so no handler record that
+ * a monitor reports can be freed before it is dispatched.
  *
  * A record's `events` is what the monitor was last told for it; its
  * `interest` is what the user wants now (spindle_set_fd_interest). The loop
@@ -19,6 +20,9 @@
  * way), so wait() may rely on events == interest for every record. A
  * monitor that reads the interest afresh at every wait (poll) leaves
  * set_events NULL.
+ *
+ * The last four ops are optional (NULL in the poll and epoll monitors);
+ * io_uring uses them because its completions sit in user-space memory.
  */
 #ifndef SPINDLE_FDMON_H
 #define SPINDLE_FDMON_H
@@ -27,6 +31,7 @@
 #include <stdint.h>
 
 #include "spindle.h"
+#include "spindle-config.h"
 
 typedef struct sp_handler sp_handler;
 
@@ -47,8 +52,8 @@ typedef struct sp_fdmon {
      * h->events. Failures are handled inside, as for update() (a closed fd
      * is left alone). NULL: the monitor keeps no per-fd kernel state. */
     void (*set_events)(spindle_ctx *ctx, sp_handler *h, int events);
-    /* Whether wait() must run even with a zero timeout because busy polling
-     * cannot see every event source. */
+    /* Whether wait() must run even with a zero timeout: busy polling
+     * cannot see every event source, or the monitor has work queued. */
     bool (*need_wait)(spindle_ctx *ctx);
     /* Embedding (embed.c). The host loop sleeps on the context's epoll
      * set (ctx->epollfd), which must then be readable whenever wait(ctx, 0)
@@ -61,10 +66,38 @@ typedef struct sp_fdmon {
      * here. 0, or a negative errno when the context cannot be embedded.
      * NULL: nothing to do. */
     int (*embed)(spindle_ctx *ctx, bool first);
+
+    /* Checked in every round of busy polling: true when events wait to be
+     * dispatched (it may submit queued work; it never blocks). A monitor
+     * with poll() sees every fd from user space, so handlers without
+     * io_poll do not switch busy polling off. */
+    bool (*poll)(spindle_ctx *ctx);
+    /* Step 6, before the ready handlers run: turn what the kernel completed
+     * into ready handlers and run completions of user requests. Returns
+     * progress. Safe to re-enter from a nested iteration. */
+    bool (*dispatch)(spindle_ctx *ctx);
+    /* After h's callbacks ran (from sp_handlers_dispatch). */
+    void (*dispatched)(spindle_ctx *ctx, sp_handler *h);
+    /* spindle_ctx_free, before the handler records are freed: reap or
+     * cancel every request in flight. */
+    void (*destroy)(spindle_ctx *ctx);
 } sp_fdmon;
 
 extern const sp_fdmon sp_fdmon_poll;
 extern const sp_fdmon sp_fdmon_epoll;
+#if SPINDLE_HAVE_IO_URING
+extern const sp_fdmon sp_fdmon_io_uring;
+#endif
+
+/* Set up the context's ring (io_uring back-end) before any handler exists.
+ * false: the kernel refuses io_uring (or lacks what the monitor needs),
+ * nothing is left behind and the caller falls back. Always false in builds
+ * without liburing. */
+bool sp_fdmon_io_uring_enable(spindle_ctx *ctx);
+
+/* The poll monitor's scratch arrays (ctx->pollfds, ctx->pollnodes), with
+ * room for at least n + 1 entries; false when they cannot grow. */
+bool sp_pollfds_reserve(spindle_ctx *ctx, unsigned n);
 
 /* Create the context's epoll set and add every live handler; on success
  * the context uses epoll from now on. Handler lock held. false: epoll is

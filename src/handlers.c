@@ -22,6 +22,13 @@
  * dispatch run on the loop thread. What other threads read, `events` (the
  * monitor's view, which registration compares against), changes only in
  * sp_interest_apply(), under the lock, right before the next wait.
+ *
+ * With io_uring the kernel holds the record's address as a request's
+ * user_data until the request's last completion, which may come iterations
+ * after the retirement. Such records are SP_RING_OWNED: retire() leaves them
+ * to the ring, which hands them back through sp_handler_release() when
+ * their last request has completed; from there the walkers' rule above
+ * applies as to any other retired record.
  */
 #include "ctx.h"
 
@@ -101,6 +108,8 @@ bool sp_handlers_dispatch(spindle_ctx *ctx)
 {
     bool progress = false;
     sp_handler *h;
+    void (*dispatched)(spindle_ctx *, sp_handler *) =
+        atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)->dispatched;
 
     while ((h = ctx->ready) != NULL) {
         ctx->ready = h->ready_next;
@@ -124,6 +133,9 @@ bool sp_handlers_dispatch(spindle_ctx *ctx)
             sp_handler_enabled(ctx, h)) {
             h->io_write(h->opaque);
             progress = true;
+        }
+        if (dispatched) {
+            dispatched(ctx, h);
         }
     }
     return progress;
@@ -199,6 +211,9 @@ static sp_handler *retire(spindle_ctx *ctx, sp_handler *old)
     if (ctx->fd_table[old->fd] == old) {
         ctx->fd_table[old->fd] = NULL;
     }
+    if (old->ring_flags & SP_RING_OWNED) {
+        return NULL; /* the ring releases it after its last completion */
+    }
     if (sp_lockcnt_count(&ctx->list_lock) == 0) {
         return old;
     }
@@ -207,6 +222,27 @@ static sp_handler *retire(spindle_ctx *ctx, sp_handler *old)
     old->all.prev = next ? &next->all : NULL;
     atomic_store_explicit(&ctx->zombies, old, memory_order_relaxed);
     return NULL;
+}
+
+void sp_handler_release(spindle_ctx *ctx, sp_handler *h, bool locked)
+{
+    if (!locked) {
+        sp_lockcnt_lock(&ctx->list_lock);
+    }
+    bool now = sp_lockcnt_count(&ctx->list_lock) == 0;
+    if (!now) {
+        sp_handler *next = atomic_load_explicit(&ctx->zombies,
+                                                memory_order_relaxed);
+        h->all.prev = next ? &next->all : NULL;
+        atomic_store_explicit(&ctx->zombies, h, memory_order_relaxed);
+    }
+    if (!locked) {
+        sp_lockcnt_unlock(&ctx->list_lock);
+    }
+    if (now) {
+        h->all.prev = NULL;
+        free_chain(h);
+    }
 }
 
 int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,

@@ -9,6 +9,11 @@
  * shorter ones grow it. The context's own wake-up handler is one of the
  * polled handlers, so spindle_notify() ends a spin with no system call.
  *
+ * A monitor that can be checked from user space (io_uring: its completion
+ * ring) is checked in every round too, so fd events end a spin at no
+ * system call and handlers without io_poll do not switch busy polling off;
+ * with poll and epoll such a handler does, since only the kernel sees it.
+ *
  * poll_begin/poll_end bracket the busy-polling state. It is entered once
  * and kept across non-blocking iterations, since each begin/end pair
  * usually means toggling a device's notifications; it is left only right
@@ -21,8 +26,10 @@
 
 #define CLOCK_STRIDE 8
 
-/* One call of each enabled io_poll. *hit: any returned true (the wake-up
- * handler included); the result: any that is not the wake-up handler. */
+/* One call of each enabled io_poll, and of the monitor's user-space check.
+ * *hit: any returned true (the wake-up handler and the monitor included);
+ * the result: any io_poll that is not the wake-up handler (the monitor's
+ * events count as progress when they are dispatched). */
 static bool poll_round(spindle_ctx *ctx, bool *hit)
 {
     bool progress = false;
@@ -34,7 +41,20 @@ static bool poll_round(spindle_ctx *ctx, bool *hit)
             progress |= !h->internal;
         }
     }
+    const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
+                                               memory_order_relaxed);
+    if (mon->poll && mon->poll(ctx)) {
+        *hit = true;
+    }
     return progress;
+}
+
+/* Whether spinning can see every event: a handler without io_poll is seen
+ * only by the kernel, unless the monitor itself is checked in user space. */
+static bool polling_sees_all(spindle_ctx *ctx)
+{
+    return atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)->poll ||
+           !sp_handlers_unpolled(ctx);
 }
 
 /* A single round, as work: its time counts against the wait only if it did
@@ -89,7 +109,7 @@ bool sp_polling_try(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns)
     uint64_t max_ns = (uint64_t)*timeout < (uint64_t)window
                           ? (uint64_t)*timeout : (uint64_t)window;
 
-    if (!max_ns || sp_handlers_unpolled(ctx)) {
+    if (!max_ns || !polling_sees_all(ctx)) {
         /* Even without a window, one round may spare the kernel call. */
         return poll_round_once(ctx, timeout, work_ns);
     }
@@ -110,7 +130,7 @@ bool sp_polling_try(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns)
         /* A handler without io_poll registered meanwhile means polling can
          * no longer see everything: go to the kernel. */
     } while (!hit && (uint64_t)(now - start) < max_ns &&
-             !sp_handlers_unpolled(ctx));
+             polling_sees_all(ctx));
 
     if (hit) {
         SP_STAT_INC(ctx, poll_hits);

@@ -35,8 +35,18 @@ int harness_ctx_teardown(void **state);
     cmocka_unit_test_setup_teardown(fn, harness_ctx_setup, \
                                     harness_ctx_teardown)
 
-/* Run a group of TEST()s; use as the body of main(). */
-#define RUN_TESTS(group) cmocka_run_group_tests_name(__FILE__, group, NULL, NULL)
+/* Run a group of TEST()s; use as the body of main(). A run asked to test
+ * io_uring ($SPINDLE_BACKEND=io_uring) where the kernel refuses it (or the
+ * build has no liburing) exits 77, which meson reports as skipped, after
+ * saying so on stderr. */
+#define RUN_TESTS(group) \
+    (harness_require_backend(), \
+     cmocka_run_group_tests_name(__FILE__, group, NULL, NULL))
+
+void harness_require_backend(void);
+
+/* Whether a context asking for io_uring gets it here (kernel and build). */
+bool harness_io_uring_usable(void);
 
 /* A non-blocking, close-on-exec pipe; fails the test on error. */
 void harness_pipe(int fds[2]);

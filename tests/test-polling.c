@@ -77,7 +77,7 @@ static int64_t shrunk(const params *p, int64_t w)
 typedef struct {
     spindle_ctx *ctx;
     params p;
-    int64_t changes[64];
+    int64_t changes[256];
     unsigned nchanges;
 } tracker;
 
@@ -96,7 +96,7 @@ static void tracker_note(tracker *tr, int64_t before, int64_t after)
     assert_true(after == before || after == grown(&tr->p, before) ||
                 after == shrunk(&tr->p, before));
     if (after != before) {
-        assert_true(tr->nchanges < 64);
+        assert_true(tr->nchanges < 256);
         tr->changes[tr->nchanges++] = after;
     }
 }
@@ -755,6 +755,12 @@ static void busy_polling_calls_io_poll_repeatedly_within_the_window(void **state
 static void handler_without_io_poll_disables_busy_polling(void **state)
 {
     spindle_ctx *ctx = harness_ctx_new();
+    if (strcmp(spindle_backend_name(ctx), "io_uring") == 0) {
+        /* io_uring sees such a handler's fd from user space and keeps
+         * polling: tests/test-uring.c tests that. */
+        spindle_ctx_free(ctx);
+        skip();
+    }
     int efd = new_eventfd();
     poller h;
     poller_init(&h, ctx, efd);

@@ -175,6 +175,27 @@ static void work_submit(void *p)
                 "uv_queue_work");
 }
 
+/* uv_fs_read: a blocking pread on libuv's thread pool. */
+_Static_assert(sizeof(uv_fs_t) <= sizeof(((bench_read *)0)->lib), "uv_fs_t fits");
+
+static void on_read(uv_fs_t *req)
+{
+    bench_read *r = req->data;
+    int res = (int)req->result;
+    uv_fs_req_cleanup(req);
+    r->cb(r->arg, res);
+}
+
+static void read_start(void *loop, bench_read *r)
+{
+    uv_fs_t *req = (uv_fs_t *)(void *)r->lib;
+    req->data = r;
+    uv_buf_t b = uv_buf_init(r->buf, r->len);
+    int e = uv_fs_read(loop, req, r->fd, &b, 1, r->off, on_read);
+    req->data = r;
+    BENCH_CHECK(e == 0, "uv_fs_read: %d", e);
+}
+
 const bench_adapter adapter_libuv = {
     .name = "libuv",
     .timer_res_ns = 1000000,
@@ -188,4 +209,5 @@ const bench_adapter adapter_libuv = {
     .timer_stop = timer_stop, .timer_free = timer_free,
     .defer_new = defer_new, .defer_start = defer_start, .defer_free = w_free,
     .work_new = work_new, .work_submit = work_submit, .work_free = bench_free,
+    .read_start = read_start,
 };

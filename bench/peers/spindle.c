@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: MIT */
 #include <poll.h>
 #include <spindle.h>
+#include <spindle-uring.h>
 
 #include "../adapter.h"
 #include "../bench.h"
@@ -20,6 +21,8 @@ static void *loop_new(const bench_loop_opts *o)
         so.backend = SPINDLE_BACKEND_POLL;
     else if (o->backend == BACKEND_EPOLL)
         so.backend = SPINDLE_BACKEND_EPOLL;
+    else if (o->backend == BACKEND_IO_URING)
+        so.backend = SPINDLE_BACKEND_IO_URING;
     if (o->poll_off)
         so.poll_max_ns = 0;
     spindle_ctx *ctx = spindle_ctx_new_opts(&so);
@@ -34,10 +37,11 @@ static void loop_free(void *loop)
     if (getenv("BENCH_STATS") && spindle_get_stats(loop, &st) == 0)
         fprintf(stderr,
                 "spindle stats: %llu iterations, %llu kernel waits (%llu blocking), "
-                "%llu poll hits, %llu poll misses, window %lld ns\n",
+                "%llu poll hits, %llu poll misses, window %lld ns, %llu monitor syscalls (%s)\n",
                 (unsigned long long)st.iterations, (unsigned long long)st.kernel_waits,
                 (unsigned long long)st.blocking_waits, (unsigned long long)st.poll_hits,
-                (unsigned long long)st.poll_misses, (long long)st.poll_ns);
+                (unsigned long long)st.poll_misses, (long long)st.poll_ns,
+                (unsigned long long)st.monitor_syscalls, spindle_backend_name(loop));
     spindle_ctx_free(loop);
 }
 
@@ -146,6 +150,25 @@ static void defer_free(void *p)
     bench_free(d);
 }
 
+/* A file read is a request of the user's on the context's ring. */
+static void read_prep(struct io_uring_sqe *sqe, void *p)
+{
+    bench_read *r = p;
+    io_uring_prep_read(sqe, r->fd, r->buf, r->len, (uint64_t)r->off);
+}
+
+static void read_done(void *p, const struct io_uring_cqe *cqe)
+{
+    bench_read *r = p;
+    r->cb(r->arg, cqe->res);
+}
+
+static void read_start(void *loop, bench_read *r)
+{
+    int e = spindle_add_sqe(loop, read_prep, read_done, r);
+    BENCH_CHECK(e == 0, "spindle_add_sqe: %d", e);
+}
+
 /* The pool: a request remembers what to run; the library allocates (and
  * recycles) its own job record per submission. */
 typedef struct sp_work {
@@ -190,7 +213,8 @@ static void work_free(void *p) { bench_free(p); }
     .timer_new = timer_new, .timer_arm = timer_arm, .timer_stop = timer_stop,   \
     .timer_free = timer_free, .defer_new = defer_new,                           \
     .defer_start = defer_start, .defer_free = defer_free,                       \
-    .work_new = work_new, .work_submit = work_submit, .work_free = work_free
+    .work_new = work_new, .work_submit = work_submit, .work_free = work_free, \
+    .read_start = read_start
 
 const bench_adapter adapter_spindle = {
     .name = "spindle",

@@ -121,6 +121,8 @@ void row_fd_dispatch(void)
 
     bench_impl impls[8];
     int k = 0;
+    impls[k++] = (bench_impl){"spindle io_uring", &adapter_spindle,
+                              {.backend = BACKEND_IO_URING}, KIND_SPINDLE};
     impls[k++] = (bench_impl){"spindle epoll", &adapter_spindle,
                               {.backend = BACKEND_EPOLL}, KIND_SPINDLE};
     /* Embedded in a host loop (a ppoll on spindle_get_fd, then

@@ -16,6 +16,7 @@ void row_timers(void);
 void row_defer(void);
 void row_memory(void);
 void row_pool(void);
+void row_file_read(void);
 
 /* One measurement of a ping-pong: wall ns and CPU ns (both threads) per
  * round trip. */
@@ -43,5 +44,28 @@ void fdd_callback(void *slot);
 /* The hand-written epoll loop: returns setup ns per fd, runs until
  * d->count reaches d->target. */
 double floor_epoll_dispatch(fdd *d, double *ns_per_callback);
+
+/* file-read: a run of 4 KiB reads at random offsets, `depth` in flight,
+ * until `target` reads or the time cap; what it measured. */
+#define FR_BLOCK 4096
+typedef struct fr_run {
+    int fd, depth;
+    long target, done;
+    uint64_t rng;
+    int64_t t0, t1, cpu0, cpu1, cap_at;
+    int64_t *lat; /* one latency per read, ns */
+    long lat_cap;
+    void *user; /* the driver's */
+} fr_run;
+typedef struct fr_summary {
+    double ns_per_read, p50, p99, cpu_per_read;
+} fr_summary;
+int64_t fr_next_off(fr_run *r);
+void fr_start(fr_run *r);
+void fr_record(fr_run *r, int res, int64_t latency_ns);
+void fr_stop(fr_run *r);
+fr_summary fr_summarize(const fr_run *r);
+/* The plain liburing loop: the same reads, with the ring used directly. */
+void floor_liburing_read(fr_run *r, void *bufs);
 
 #endif

@@ -108,7 +108,12 @@ void row_wake(bool busy)
 
     bench_impl impls[8];
     int k = 0;
-    impls[k++] = (bench_impl){"spindle", &adapter_spindle, {0}, KIND_SPINDLE};
+    impls[k++] = (bench_impl){"spindle io_uring", &adapter_spindle,
+                              {.backend = BACKEND_IO_URING}, KIND_SPINDLE};
+    impls[k++] = (bench_impl){"spindle epoll", &adapter_spindle,
+                              {.backend = BACKEND_EPOLL}, KIND_SPINDLE};
+    impls[k++] = (bench_impl){"spindle poll", &adapter_spindle,
+                              {.backend = BACKEND_POLL}, KIND_SPINDLE};
     if (!busy)
         impls[k++] = (bench_impl){"spindle (poll off)", &adapter_spindle,
                                   {.poll_off = true}, KIND_SPINDLE};
