@@ -757,6 +757,9 @@ static int ring_embed(spindle_ctx *ctx, bool first)
         ctx->epollfd = epfd;
     }
     sp_walk_begin(ctx); /* the re-check may queue handlers */
+    /* Interest changes too (prepare applies them only after this): they
+     * become poll updates that must be submitted before the host sleeps. */
+    sp_interest_apply(ctx);
     apply_changes(ctx, u);
     if (!cq_ready(u) && (ctx->ready || recheck(ctx, u))) {
         struct io_uring_sqe *sqe = sp_uring_get_sqe(ctx);
