@@ -545,6 +545,10 @@ static void update_completion(spindle_ctx *ctx, sp_uring *u, sp_handler *h,
     }
     if (resend && state(h) == RING_ARMED && !u->closing) {
         update_mask(ctx, u, h, h->events);
+        /* The kernel still polls the old mask: readiness under the new one
+         * (write interest just turned on, say) is looked at with this
+         * iteration's ppoll, not left to the resent update's CQE. */
+        mark_recheck(u, h);
     }
 }
 
