@@ -1,0 +1,347 @@
+/* nbd-server: a Network Block Device server on spindle.
+ *
+ *   nbd-server [-p PORT] [-t THREADS] [-r] [--direct] [--engine E] (FILE | --memory SIZE)
+ *
+ * Exports FILE (a regular file or a block device), or SIZE bytes of memory,
+ * as the default export ("") on 127.0.0.1:PORT (PORT 0, the default, takes
+ * any free port; the first line on stdout says which). Try it with the
+ * NBD tools:
+ *
+ *   nbdinfo nbd://127.0.0.1:PORT
+ *   qemu-img convert -O raw disk.img nbd://127.0.0.1:PORT
+ *   nbdcopy nbd://127.0.0.1:PORT copy.img
+ *
+ * How it uses spindle (the files beside this one do the protocol):
+ * - The main thread runs one context (spindle_ctx) with two fd handlers:
+ *   the listening socket and a signalfd for SIGINT/SIGTERM.
+ * - THREADS loop threads ("workers") each run a context of their own.
+ *   Every accepted connection goes to the next worker, round robin, through
+ *   spindle_bh_oneshot(): a call that may be made from any thread and runs
+ *   a function on the target loop's thread. From then on the connection
+ *   lives on that thread (conn.c).
+ * - Disk I/O goes through the worker's engine (disk.h).
+ * - SIGINT or SIGTERM: stop accepting, tell every worker to finish (each
+ *   waits for its requests in flight, then closes its connections), wait
+ *   until all have, free everything, exit 0.
+ *
+ * -r exports read-only; --direct bypasses the page cache (O_DIRECT) for
+ * requests aligned to 4 KiB; --engine picks the disk engine (auto, uring,
+ * pool, sync; see disk.h).
+ * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <spindle.h>
+
+#include "../common.h"
+#include "server.h"
+
+/* ------------------------------------------------------------------------
+ * Loop threads. INTERIM: a pthread running spindle_poll() until told to
+ * stop; spindle_thread_new() replaces this once spindle has it. */
+
+typedef struct loop_thread {
+    pthread_t tid;
+    spindle_ctx *ctx;
+    atomic_bool quit;
+} loop_thread;
+
+static void *loop_thread_main(void *opaque)
+{
+    loop_thread *t = opaque;
+    while (!atomic_load_explicit(&t->quit, memory_order_acquire))
+        spindle_poll(t->ctx, true);
+    return NULL;
+}
+
+static void loop_thread_quit(void *opaque) /* on the loop thread */
+{
+    loop_thread *t = opaque;
+    atomic_store_explicit(&t->quit, true, memory_order_release);
+}
+
+static loop_thread *loop_thread_new(void)
+{
+    loop_thread *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->ctx = spindle_ctx_new();
+    if (!t->ctx || pthread_create(&t->tid, NULL, loop_thread_main, t) != 0) {
+        spindle_ctx_free(t->ctx);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void loop_thread_free(loop_thread *t)
+{
+    /* The quit flag is set from inside the loop, so the loop cannot be
+     * asleep past it: its next check of the flag ends the thread. */
+    if (spindle_bh_oneshot(t->ctx, loop_thread_quit, t) == 0)
+        pthread_join(t->tid, NULL);
+    spindle_ctx_free(t->ctx);
+    free(t);
+}
+
+/* ------------------------------------------------------------------------
+ * Data buffers: a small cache per worker, by power-of-two size class, so a
+ * steady stream of requests does not go to malloc for each one. */
+
+struct free_buf {
+    struct free_buf *next;
+};
+
+#define BUF_CLASSES 14 /* 4 KiB .. 32 MiB */
+#define BUF_KEEP 32    /* buffers kept per class (classes up to 1 MiB) */
+
+static int buf_class(uint32_t size)
+{
+    int k = 0;
+    while ((4096u << k) < size)
+        k++;
+    return k;
+}
+
+void *worker_buf_get(worker *w, uint32_t size)
+{
+    int k = buf_class(size);
+    struct free_buf *b = w->free_bufs[k];
+    if (b) {
+        w->free_bufs[k] = b->next;
+        w->n_free_bufs[k]--;
+        return b;
+    }
+    void *p;
+    return posix_memalign(&p, DISK_BUF_ALIGN, (size_t)4096 << k) == 0 ? p : NULL;
+}
+
+void worker_buf_put(worker *w, void *buf, uint32_t size)
+{
+    int k = buf_class(size);
+    if (k > 8 || w->n_free_bufs[k] >= BUF_KEEP) {
+        free(buf);
+        return;
+    }
+    struct free_buf *b = buf;
+    b->next = w->free_bufs[k];
+    w->free_bufs[k] = b;
+    w->n_free_bufs[k]++;
+}
+
+void worker_bufs_free(worker *w)
+{
+    for (int k = 0; k < BUF_CLASSES; k++)
+        while (w->free_bufs[k]) {
+            struct free_buf *b = w->free_bufs[k];
+            w->free_bufs[k] = b->next;
+            free(b);
+        }
+}
+
+/* ------------------------------------------------------------------------
+ * Accepting and stopping (main thread). */
+
+static server srv;
+static int listen_fd = -1, signal_fd = -1;
+static int next_worker;
+
+static void on_accept(void *opaque)
+{
+    for (;;) {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            /* EAGAIN: all taken. EMFILE and friends: the connection stays
+             * in the backlog and the fd stays readable; the loop calls us
+             * again, and we try again once an fd has been freed. */
+            return;
+        }
+        /* Replies are small and latency matters: no Nagle delay. */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        conn_hand_over(&srv.workers[next_worker], fd);
+        next_worker = (next_worker + 1) % srv.n_workers;
+    }
+}
+
+static void worker_close_all_bh(void *w) { worker_close_all(w); }
+
+static void on_signal(void *opaque)
+{
+    if (!example_signalfd_read(signal_fd) || listen_fd < 0)
+        return;
+    spindle_set_fd_handler(srv.main_ctx, listen_fd, false, NULL, NULL, NULL, NULL);
+    close(listen_fd);
+    listen_fd = -1;
+    for (int i = 0; i < srv.n_workers; i++)
+        if (spindle_bh_oneshot(srv.workers[i].ctx, worker_close_all_bh, &srv.workers[i]) != 0)
+            srv.workers_running--; /* cannot reach it: do not wait for it */
+}
+
+static void worker_done_main(void *w) { srv.workers_running--; }
+
+/* On a worker's thread: its last connection is gone. */
+void worker_drained(worker *w)
+{
+    /* If the main loop cannot be told, it never stops: so retry until it
+     * can (oneshot fails only for want of a few bytes of memory). */
+    while (spindle_bh_oneshot(w->srv->main_ctx, worker_done_main, w) != 0)
+        sched_yield();
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: nbd-server [-p PORT] [-t THREADS] [-r] [--direct] "
+            "[--engine auto|uring|pool|sync] (FILE | --memory SIZE[K|M|G])\n");
+    exit(2);
+}
+
+static bool parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    int shift = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : *end == 'T' ? 40 : 0;
+    if (errno || end == s || (shift && end[1]) || (!shift && *end) || v == 0 ||
+        v > (UINT64_MAX >> shift))
+        return false;
+    *out = (uint64_t)v << shift;
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"memory", required_argument, NULL, 'm'},
+        {"direct", no_argument, NULL, 'd'},
+        {"engine", required_argument, NULL, 'e'},
+        {NULL, 0, NULL, 0},
+    };
+    long port = 0, threads = 1;
+    bool readonly = false, direct = false;
+    uint64_t mem_size = 0;
+    srv.engine = ENGINE_AUTO;
+    srv.export_name = "";
+    int opt;
+    while ((opt = getopt_long(argc, argv, "p:t:r", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'p':
+            if (!example_parse_long("port", optarg, 0, 65535, &port))
+                return 2;
+            break;
+        case 't':
+            if (!example_parse_long("thread count", optarg, 1, 256, &threads))
+                return 2;
+            break;
+        case 'r':
+            readonly = true;
+            break;
+        case 'd':
+            direct = true;
+            break;
+        case 'm':
+            if (!parse_size(optarg, &mem_size)) {
+                fprintf(stderr, "nbd-server: bad size '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'e': {
+            int k = 0;
+            while (k <= ENGINE_SYNC && strcmp(optarg, disk_engine_name(k)))
+                k++;
+            if (k > ENGINE_SYNC)
+                usage();
+            srv.engine = k;
+            break;
+        }
+        default:
+            usage();
+        }
+    }
+    if ((optind == argc) == !mem_size || argc - optind > 1)
+        usage();
+
+    /* Signals first: the loop threads started below inherit the mask. */
+    signal_fd = example_signalfd();
+    int r = mem_size ? disk_open_memory(&srv.disk, mem_size, readonly)
+                     : disk_open_file(&srv.disk, argv[optind], readonly, direct);
+    if (signal_fd < 0 || r < 0) {
+        fprintf(stderr, "nbd-server: %s: %s\n", mem_size ? "memory" : argv[optind],
+                strerror(r < 0 ? -r : -signal_fd));
+        return 1;
+    }
+    int bound_port;
+    listen_fd = example_listen((int)port, false, &bound_port);
+    if (listen_fd < 0) {
+        fprintf(stderr, "nbd-server: cannot listen on port %ld: %s\n", port, strerror(-listen_fd));
+        return 1;
+    }
+
+    srv.main_ctx = spindle_ctx_new();
+    srv.n_workers = (int)threads;
+    srv.workers = calloc((size_t)threads, sizeof *srv.workers);
+    if (!srv.main_ctx || !srv.workers) {
+        fprintf(stderr, "nbd-server: out of memory\n");
+        return 1;
+    }
+    for (int i = 0; i < srv.n_workers; i++) {
+        worker *w = &srv.workers[i];
+        w->srv = &srv;
+        w->index = i;
+        loop_thread *t = loop_thread_new();
+        if (!t) {
+            fprintf(stderr, "nbd-server: cannot start a loop thread\n");
+            return 1;
+        }
+        w->thread = t;
+        w->ctx = t->ctx;
+        r = disk_engine_init(&w->eng, &srv.disk, w->ctx, srv.engine);
+        if (r < 0) {
+            fprintf(stderr, "nbd-server: engine '%s' not available\n",
+                    disk_engine_name(srv.engine));
+            return 1;
+        }
+    }
+    srv.workers_running = srv.n_workers;
+    if (spindle_set_fd_handler(srv.main_ctx, listen_fd, false, on_accept, NULL, NULL, NULL) ||
+        spindle_set_fd_handler(srv.main_ctx, signal_fd, false, on_signal, NULL, NULL, NULL)) {
+        fprintf(stderr, "nbd-server: cannot register the listening socket\n");
+        return 1;
+    }
+    printf("listening on 127.0.0.1:%d\n", bound_port);
+    fprintf(stderr, "nbd-server: %s, %llu bytes%s, %d loop thread%s, %s engine\n",
+            srv.disk.name, (unsigned long long)srv.disk.size, readonly ? ", read-only" : "",
+            srv.n_workers, srv.n_workers > 1 ? "s" : "",
+            disk_engine_name(srv.workers[0].eng.kind));
+    fflush(stdout);
+
+    /* Serve until a signal has stopped every worker. */
+    while (listen_fd >= 0 || srv.workers_running > 0)
+        spindle_poll(srv.main_ctx, true);
+
+    for (int i = 0; i < srv.n_workers; i++) {
+        loop_thread_free(srv.workers[i].thread);
+        worker_bufs_free(&srv.workers[i]);
+    }
+    spindle_set_fd_handler(srv.main_ctx, signal_fd, false, NULL, NULL, NULL, NULL);
+    spindle_ctx_free(srv.main_ctx);
+    close(signal_fd);
+    disk_close(&srv.disk);
+    free(srv.workers);
+    return 0;
+}
