@@ -46,6 +46,7 @@ typedef struct bench_cfg {
     int reps;       /* repetitions per cell (>= 5) */
     bool quick;
     int max_fds_n;  /* largest N for fd-dispatch the fd limit allows */
+    const char *out_dir; /* results, logs, and scratch files (the nbd image) */
 } bench_cfg;
 extern bench_cfg cfg;
 
@@ -66,7 +67,21 @@ bool impl_wanted(const char *label);
 void pin_thread(int idx);
 extern size_t bench_alloc_bytes; /* chunk bytes currently held */
 
-/* Results: one call per cell, lower is better for every metric.
+/* Other programs (bench/proc.c): servers and load generators for the nbd
+ * and http rows. */
+#include <sys/types.h>
+bool tool_found(const char *name);      /* in PATH, or a path that runs */
+int free_tcp_port(void);                /* on 127.0.0.1 */
+/* Start argv (stdout and stderr to log_path, or /dev/null if NULL). */
+pid_t proc_start(char *const argv[], const char *log_path);
+/* Wait until pid accepts connections on 127.0.0.1:port (10 s at most). */
+void server_wait_port(pid_t pid, int port, const char *log_path);
+int proc_wait(pid_t pid);               /* its exit status (128 + signal) */
+void server_stop(pid_t pid);            /* SIGTERM, then reap */
+int64_t proc_cpu_ns(pid_t pid);         /* user + system, all threads */
+
+/* Results: one call per cell. Lower is better for every metric except
+ * rates (a metric ending in "/s", or IOPS), where higher is.
  * kind: the library under test, a peer, or a raw floor. */
 enum { KIND_SPINDLE, KIND_PEER, KIND_FLOOR };
 void result_add(const char *row, const char *param, const char *metric,

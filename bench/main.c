@@ -3,7 +3,7 @@
  *
  *   spindle-bench [--quick] [--reps N] [--out DIR] [ROW...]
  *   rows: wake wake-busy polled polled-low fd timers defer memory pool
- *         file-read
+ *         file-read nbd
  * SPDX-License-Identifier: MIT */
 #include <dirent.h>
 #include <string.h>
@@ -107,7 +107,7 @@ int main(int argc, char **argv)
             out = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--quick] [--reps N] [--out DIR] [ROW...]\n"
-                            "rows: wake wake-busy polled polled-low fd timers defer memory pool file-read\n",
+                            "rows: wake wake-busy polled polled-low fd timers defer memory pool file-read nbd\n",
                     argv[0]);
             return 2;
         }
@@ -116,6 +116,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: --reps must be 5 to 64\n");
         return 2;
     }
+    cfg.out_dir = out;
     long limit;
     raise_fd_limit(&limit);
     pin_thread(0); /* BENCH_PIN=1: the B side of every ping-pong takes CPU 1 */
@@ -144,6 +145,7 @@ int main(int argc, char **argv)
         {"defer", row_defer},        {"memory", row_memory},
         {"pool", row_pool},
         {"file-read", row_file_read},
+        {"nbd", row_nbd},
     };
     int64_t start = now_ns();
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
@@ -155,9 +157,9 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "bench: all rows took %.1f s\n", (now_ns() - start) / 1e9);
 
-    printf("spindle bench: %s\n%d repetitions per cell%s; lower is better everywhere; "
-           "/bestpeer and /floor divide the median by the best peer's median and by "
-           "the lowest floor's.\n",
+    printf("spindle bench: %s\n%d repetitions per cell%s; lower is better, except for rates "
+           "(/s, IOPS); /bestpeer and /floor divide the median by the best peer's median "
+           "and by the best floor's.\n",
            machine, cfg.reps, cfg.quick ? " (QUICK=1: smaller sizes)" : "");
     results_print_table(stdout);
     char path[512];

@@ -56,10 +56,19 @@ static bool same_group(const result *a, const result *b)
            !strcmp(a->metric, b->metric);
 }
 
-/* The best (lowest) median among the peers, and among the floors, in the
- * group of r; 0 when there is none. */
+/* Rates (requests/s, MB/s, IOPS) are better higher; times, CPU and bytes
+ * lower. */
+static bool higher_is_better(const char *metric)
+{
+    size_t n = strlen(metric);
+    return strstr(metric, "IOPS") || (n >= 2 && !strcmp(metric + n - 2, "/s"));
+}
+
+/* The best median among the peers, and among the floors, in the group of
+ * r (the lowest, or for rates the highest); 0 when there is none. */
 static void group_refs(const result *r, double *best_peer, double *floor_v)
 {
+    bool higher = higher_is_better(r->metric);
     *best_peer = 0;
     *floor_v = 0;
     for (int i = 0; i < n_results; i++) {
@@ -68,7 +77,7 @@ static void group_refs(const result *r, double *best_peer, double *floor_v)
             continue;
         double *ref = o->kind == KIND_PEER ? best_peer
                       : o->kind == KIND_FLOOR ? floor_v : NULL;
-        if (ref && (*ref == 0 || o->med < *ref))
+        if (ref && (*ref == 0 || (higher ? o->med > *ref : o->med < *ref)))
             *ref = o->med;
     }
 }
@@ -216,7 +225,7 @@ void results_write_svg(const char *path, const char *machine)
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
     fprintf(f, "<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">spindle bench: ");
     xml_text(f, machine);
-    fprintf(f, " (median bars on a log scale, min-max whiskers; lower is better)</text>\n");
+    fprintf(f, " (median bars on a log scale, min-max whiskers; lower is better, except rates: /s, IOPS)</text>\n");
     static const char *colour[] = {"#d62728", "#1f77b4", "#7f7f7f"};
     int y = 40;
     for (int i = 0; i < n_results;) {

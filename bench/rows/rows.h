@@ -17,6 +17,7 @@ void row_defer(void);
 void row_memory(void);
 void row_pool(void);
 void row_file_read(void);
+void row_nbd(void);
 
 /* One measurement of a ping-pong: wall ns and CPU ns (both threads) per
  * round trip. */
