@@ -32,9 +32,7 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,55 +42,8 @@
 #include <spindle.h>
 
 #include "../common.h"
+#include "../loop-thread.h"
 #include "server.h"
-
-/* ------------------------------------------------------------------------
- * Loop threads. INTERIM: a pthread running spindle_poll() until told to
- * stop; spindle_thread_new() replaces this once spindle has it. */
-
-typedef struct loop_thread {
-    pthread_t tid;
-    spindle_ctx *ctx;
-    atomic_bool quit;
-} loop_thread;
-
-static void *loop_thread_main(void *opaque)
-{
-    loop_thread *t = opaque;
-    while (!atomic_load_explicit(&t->quit, memory_order_acquire))
-        spindle_poll(t->ctx, true);
-    return NULL;
-}
-
-static void loop_thread_quit(void *opaque) /* on the loop thread */
-{
-    loop_thread *t = opaque;
-    atomic_store_explicit(&t->quit, true, memory_order_release);
-}
-
-static loop_thread *loop_thread_new(void)
-{
-    loop_thread *t = calloc(1, sizeof *t);
-    if (!t)
-        return NULL;
-    t->ctx = spindle_ctx_new();
-    if (!t->ctx || pthread_create(&t->tid, NULL, loop_thread_main, t) != 0) {
-        spindle_ctx_free(t->ctx);
-        free(t);
-        return NULL;
-    }
-    return t;
-}
-
-static void loop_thread_free(loop_thread *t)
-{
-    /* The quit flag is set from inside the loop, so the loop cannot be
-     * asleep past it: its next check of the flag ends the thread. */
-    if (spindle_bh_oneshot(t->ctx, loop_thread_quit, t) == 0)
-        pthread_join(t->tid, NULL);
-    spindle_ctx_free(t->ctx);
-    free(t);
-}
 
 /* ------------------------------------------------------------------------
  * Data buffers: a small cache per worker, by power-of-two size class, so a
@@ -303,13 +254,13 @@ int main(int argc, char **argv)
         worker *w = &srv.workers[i];
         w->srv = &srv;
         w->index = i;
-        loop_thread *t = loop_thread_new();
+        loop_thread *t = loop_thread_new(NULL);
         if (!t) {
             fprintf(stderr, "nbd-server: cannot start a loop thread\n");
             return 1;
         }
         w->thread = t;
-        w->ctx = t->ctx;
+        w->ctx = loop_thread_ctx(t);
         r = disk_engine_init(&w->eng, &srv.disk, w->ctx, srv.engine);
         if (r < 0) {
             fprintf(stderr, "nbd-server: engine '%s' not available\n",

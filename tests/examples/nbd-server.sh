@@ -23,7 +23,10 @@ done
 tmp=$(mktemp -d)
 srv_pid=
 cleanup() {
-    [ -n "$srv_pid" ] && kill -9 "$srv_pid" 2>/dev/null
+    if [ -n "$srv_pid" ]; then
+        kill -9 "$srv_pid" 2>/dev/null
+        wait "$srv_pid" 2>/dev/null
+    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
