@@ -72,8 +72,9 @@ extern size_t bench_alloc_bytes; /* chunk bytes currently held */
 #include <sys/types.h>
 bool tool_found(const char *name);      /* in PATH, or a path that runs */
 int free_tcp_port(void);                /* on 127.0.0.1 */
-/* Start argv (stdout and stderr to log_path, or /dev/null if NULL). */
-pid_t proc_start(char *const argv[], const char *log_path);
+/* Start argv, with env ("NAME=VALUE") added to its environment if not
+ * NULL, stdout and stderr to log_path (or /dev/null if NULL). */
+pid_t proc_start(char *const argv[], const char *env, const char *log_path);
 /* Wait until pid accepts connections on 127.0.0.1:port (10 s at most). */
 void server_wait_port(pid_t pid, int port, const char *log_path);
 int proc_wait(pid_t pid);               /* its exit status (128 + signal) */

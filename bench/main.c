@@ -3,7 +3,7 @@
  *
  *   spindle-bench [--quick] [--reps N] [--out DIR] [ROW...]
  *   rows: wake wake-busy polled polled-low fd timers defer memory pool
- *         file-read nbd
+ *         file-read nbd http
  * SPDX-License-Identifier: MIT */
 #include <dirent.h>
 #include <string.h>
@@ -107,7 +107,7 @@ int main(int argc, char **argv)
             out = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--quick] [--reps N] [--out DIR] [ROW...]\n"
-                            "rows: wake wake-busy polled polled-low fd timers defer memory pool file-read nbd\n",
+                            "rows: wake wake-busy polled polled-low fd timers defer memory pool file-read nbd http\n",
                     argv[0]);
             return 2;
         }
@@ -146,6 +146,7 @@ int main(int argc, char **argv)
         {"pool", row_pool},
         {"file-read", row_file_read},
         {"nbd", row_nbd},
+        {"http", row_http},
     };
     int64_t start = now_ns();
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {

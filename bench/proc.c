@@ -72,7 +72,7 @@ static void kill_live(void)
         }
 }
 
-pid_t proc_start(char *const argv[], const char *log_path)
+pid_t proc_start(char *const argv[], const char *env, const char *log_path)
 {
     static bool registered;
     if (!registered)
@@ -88,6 +88,8 @@ pid_t proc_start(char *const argv[], const char *log_path)
         }
         if (null >= 0)
             dup2(null, 0);
+        if (env)
+            putenv((char *)env);
         execvp(argv[0], argv);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);

@@ -212,7 +212,7 @@ static double nbdcopy(int port, bool in)
     char *argv_in[] = {"nbdcopy", "--flush", src_path, uri, NULL};
     char *argv_out[] = {"nbdcopy", uri, "null:", NULL};
     int64_t t0 = now_ns();
-    pid_t pid = proc_start(in ? argv_in : argv_out, NULL);
+    pid_t pid = proc_start(in ? argv_in : argv_out, NULL, NULL);
     int st = proc_wait(pid);
     int64_t t1 = now_ns();
     BENCH_CHECK(st == 0, "nbdcopy %s failed (status %d)", in ? "in" : "out", st);
@@ -229,7 +229,7 @@ static void run_impl(int k)
     char *argv[24], portbuf[16], log[600];
     server_argv(k, port, argv, portbuf);
     snprintf(log, sizeof log, "%s/nbd-server.log", cfg.out_dir);
-    pid_t pid = proc_start(argv, log);
+    pid_t pid = proc_start(argv, NULL, log);
     server_wait_port(pid, port, log);
     const char *note = im->direct ? "O_DIRECT" : "page cache";
 

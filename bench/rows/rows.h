@@ -18,6 +18,7 @@ void row_memory(void);
 void row_pool(void);
 void row_file_read(void);
 void row_nbd(void);
+void row_http(void);
 
 /* One measurement of a ping-pong: wall ns and CPU ns (both threads) per
  * round trip. */

@@ -1,0 +1,118 @@
+/* http: examples/http-hello on spindle, libuv and libev (the same HTTP code,
+ * only the loop differs; one loop thread each) loaded by wrk (one thread)
+ * over TCP on 127.0.0.1:
+ *
+ * - requests/s with 50 connections, and latency p50/p99 with one;
+ * - write-toggle: requests/s with 50 connections when every answer goes
+ *   out from the write handler, write interest turned on and off for each
+ *   request (http-hello -w): what changing interest costs, on spindle's
+ *   epoll and ppoll back-ends (spindle_set_fd_interest) and on libev and
+ *   libuv.
+ *
+ * Each wrk run lasts a second; the machine runs wrk and the server on the
+ * same CPUs, so compare lines within one run.
+ * SPDX-License-Identifier: MIT */
+#include <string.h>
+
+#include "rows.h"
+
+typedef struct http_impl {
+    const char *label;
+    int kind;
+    const char *path, *env;
+} http_impl;
+
+static const http_impl main_impls[] = {
+    {"spindle", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL},
+    {"spindle epoll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=epoll"},
+    {"libuv", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libuv", NULL},
+    {"libev", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libev", NULL},
+};
+
+static const http_impl toggle_impls[] = {
+    {"spindle epoll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=epoll"},
+    {"spindle poll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=poll"},
+    {"libuv", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libuv", NULL},
+    {"libev", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libev", NULL},
+};
+
+typedef struct wrk_result {
+    double rps, p50_ns, p99_ns;
+} wrk_result;
+
+/* One wrk run of a second against port with conns connections. */
+static wrk_result wrk(int port, int conns)
+{
+    char url[64], c[16], log[600];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+    snprintf(c, sizeof c, "%d", conns);
+    snprintf(log, sizeof log, "%s/wrk.log", cfg.out_dir);
+    char *argv[] = {"wrk", "-t1", "-c", c, "-d1s", "-s", WRK_SCRIPT, url, NULL};
+    int st = proc_wait(proc_start(argv, NULL, log));
+    BENCH_CHECK(st == 0, "wrk exited with status %d (see %s)", st, log);
+    FILE *f = fopen(log, "r");
+    BENCH_CHECK(f, "%s: cannot read", log);
+    char line[256];
+    wrk_result r = {0};
+    long errors = -1, requests = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "bench-result %lf %lf %lf %ld %ld", &r.rps, &r.p50_ns, &r.p99_ns, &errors,
+                   &requests) == 5)
+            break;
+    fclose(f);
+    BENCH_CHECK(errors == 0 && requests > 0, "wrk: %ld requests, %ld errors (see %s)", requests,
+                errors, log);
+    r.p50_ns *= 1000; /* wrk measures in microseconds */
+    r.p99_ns *= 1000;
+    return r;
+}
+
+static pid_t start(const http_impl *im, bool toggle, int *port)
+{
+    char portbuf[16], log[600];
+    *port = free_tcp_port();
+    snprintf(portbuf, sizeof portbuf, "%d", *port);
+    snprintf(log, sizeof log, "%s/http-hello.log", cfg.out_dir);
+    char *argv[] = {(char *)im->path, "-p", portbuf, toggle ? "-w" : NULL, NULL};
+    pid_t pid = proc_start(argv, im->env, log);
+    server_wait_port(pid, *port, log);
+    return pid;
+}
+
+void row_http(void)
+{
+    if (!tool_found("wrk")) {
+        fprintf(stderr, "bench: http row skipped: wrk not installed (scripts/install-deps.sh bench)\n");
+        return;
+    }
+    int reps = cfg.reps, port;
+    double a[64], b[64];
+    for (size_t k = 0; k < sizeof main_impls / sizeof main_impls[0]; k++) {
+        const http_impl *im = &main_impls[k];
+        if (!impl_wanted(im->label))
+            continue;
+        pid_t pid = start(im, false, &port);
+        wrk(port, 50); /* warm-up, untimed */
+        for (int r = 0; r < reps; r++)
+            a[r] = wrk(port, 50).rps;
+        result_add("http", "50 conns", "req/s", im->label, im->kind, a, reps, NULL);
+        for (int r = 0; r < reps; r++) {
+            wrk_result w = wrk(port, 1);
+            a[r] = w.p50_ns;
+            b[r] = w.p99_ns;
+        }
+        result_add("http", "1 conn", "p50 ns", im->label, im->kind, a, reps, NULL);
+        result_add("http", "1 conn", "p99 ns", im->label, im->kind, b, reps, NULL);
+        server_stop(pid);
+    }
+    for (size_t k = 0; k < sizeof toggle_impls / sizeof toggle_impls[0]; k++) {
+        const http_impl *im = &toggle_impls[k];
+        if (!impl_wanted(im->label))
+            continue;
+        pid_t pid = start(im, true, &port);
+        for (int r = 0; r < reps; r++)
+            a[r] = wrk(port, 50).rps;
+        result_add("http write-toggle", "50 conns", "req/s", im->label, im->kind, a, reps, NULL);
+        server_stop(pid);
+    }
+}
