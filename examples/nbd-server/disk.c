@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include "disk.h"
+#if NBD_HAVE_URING
+#include <spindle-uring.h>
+#endif
 #include "nbd-proto.h"
 
 int disk_open_file(disk *d, const char *path, bool readonly, bool direct)
@@ -130,7 +133,8 @@ static int mem_do(disk *d, disk_io *io)
 /* ------------------------------------------------------------------------
  * Files: blocking system calls. */
 
-static int file_fd(disk *d, const disk_io *io)
+/* The O_DIRECT fd for requests it takes, else the ordinary one. */
+static int file_fd(const disk *d, const disk_io *io)
 {
     uint32_t a = d->direct_align;
     if (d->fd_direct >= 0 && io->off % a == 0 && io->len % a == 0)
@@ -138,9 +142,9 @@ static int file_fd(disk *d, const disk_io *io)
     return d->fd;
 }
 
-static int file_rw(disk *d, disk_io *io)
+static int file_rw(disk_io *io)
 {
-    int fd = file_fd(d, io);
+    int fd = io->fd;
     while (io->moved < io->len) {
         struct iovec v = {(char *)io->buf + io->moved, io->len - io->moved};
         off_t at = (off_t)(io->off + io->moved);
@@ -229,7 +233,7 @@ int disk_do_blocking(disk *d, disk_io *io)
     switch (io->op) {
     case DISK_READ:
     case DISK_WRITE:
-        return file_rw(d, io); /* FUA: RWF_DSYNC */
+        return file_rw(io); /* FUA: RWF_DSYNC */
     case DISK_FLUSH:
         return fdatasync(d->fd) == 0 ? 0 : -errno;
     case DISK_TRIM:
@@ -255,19 +259,43 @@ const char *disk_engine_name(disk_engine_kind k)
 
 int disk_engine_init(disk_engine *e, disk *d, spindle_ctx *ctx, disk_engine_kind want)
 {
+#if NBD_HAVE_URING
+    bool uring = spindle_has_io_uring(ctx);
+#else
+    bool uring = false; /* spindle built without liburing */
+#endif
+    bool pool = NBD_HAVE_POOL;
+    if (want == ENGINE_AUTO)
+        want = uring ? ENGINE_URING : pool ? ENGINE_POOL : ENGINE_SYNC;
+    if ((want == ENGINE_URING && !uring) || (want == ENGINE_POOL && !pool))
+        return -ENOTSUP;
     e->d = d;
     e->ctx = ctx;
-    /* INTERIM: the io_uring engine (spindle_add_sqe) and the thread-pool
-     * engine (spindle_work_submit) plug in here once those spindle APIs
-     * exist; until then every file export is served by the sync engine. */
-    if (want == ENGINE_URING || want == ENGINE_POOL)
-        return -ENOTSUP;
-    e->kind = ENGINE_SYNC;
+    e->kind = want;
     return 0;
 }
 
 void disk_submit(disk_engine *e, disk_io *io)
 {
     io->moved = 0;
+    io->d = e->d;
+    io->fd = e->d->mem ? -1 : file_fd(e->d, io);
+    /* Memory is no I/O: it is copied inline, whatever the engine. Reads,
+     * writes and flushes go on the ring; trim, zeroing and extents
+     * (fallocate and lseek, with fallbacks) are rare: the pool does them,
+     * or without one the loop thread. */
+    if (!e->d->mem && e->kind != ENGINE_SYNC) {
+#if NBD_HAVE_URING
+        if (e->kind == ENGINE_URING &&
+            (io->op == DISK_READ || io->op == DISK_WRITE || io->op == DISK_FLUSH)) {
+            disk_uring_submit(io, e->ctx);
+            return;
+        }
+#endif
+#if NBD_HAVE_POOL
+        disk_pool_submit(io, e->ctx);
+        return;
+#endif
+    }
     io->done(io, disk_do_blocking(e->d, io));
 }

@@ -15,6 +15,11 @@
  *   runs before disk_submit returns. Fine for page-cache hits, bad for
  *   anything slow (the whole loop thread waits).
  *
+ * AUTO picks uring on a context that runs on io_uring, else pool. Which
+ * engines are built depends on the spindle underneath: uring needs its
+ * io_uring support (spindle-uring.h, liburing), pool its thread pool
+ * (spindle_work_submit); without either, sync serves everything.
+ *
  * Memory exports are always served inline (memcpy): that is not I/O.
  * SPDX-License-Identifier: MIT */
 #ifndef NBD_DISK_H
@@ -68,9 +73,11 @@ struct disk_io {
     uint32_t max_ext, n_ext;
     disk_done_fn *done;
     /* The engine's own: bytes already moved (a short read or write is
-     * resubmitted for the rest), and the fd chosen for it. */
+     * resubmitted for the rest), the disk, the fd chosen for it. */
     uint32_t moved;
+    disk *d;
     int fd;
+    spindle_ctx *ctx;
 };
 
 typedef enum { ENGINE_AUTO, ENGINE_URING, ENGINE_POOL, ENGINE_SYNC } disk_engine_kind;
@@ -103,5 +110,10 @@ void disk_submit(disk_engine *e, disk_io *io);
 /* The blocking implementation of every operation, for the sync and pool
  * engines (any thread). 0 or -errno. */
 int disk_do_blocking(disk *d, disk_io *io);
+
+/* The engines' back-ends: they start io (its d and fd set) and call
+ * io->done from the loop thread when it completes. */
+void disk_uring_submit(disk_io *io, spindle_ctx *ctx);
+void disk_pool_submit(disk_io *io, spindle_ctx *ctx);
 
 #endif

@@ -20,8 +20,8 @@ tmp=$(mktemp -d)
 srv_pid=
 cleanup() {
     if [ -n "$srv_pid" ]; then
-        kill -9 "$srv_pid" 2>/dev/null
-        wait "$srv_pid" 2>/dev/null
+        kill -9 "$srv_pid" 2>/dev/null || true
+        wait "$srv_pid" 2>/dev/null || true
     fi
     rm -rf "$tmp"
 }

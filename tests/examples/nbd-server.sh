@@ -24,8 +24,8 @@ tmp=$(mktemp -d)
 srv_pid=
 cleanup() {
     if [ -n "$srv_pid" ]; then
-        kill -9 "$srv_pid" 2>/dev/null
-        wait "$srv_pid" 2>/dev/null
+        kill -9 "$srv_pid" 2>/dev/null || true
+        wait "$srv_pid" 2>/dev/null || true
     fi
     rm -rf "$tmp"
 }
@@ -46,6 +46,10 @@ start_server() {
     [[ $line =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]] || fail "first line was '$line'"
     port=${BASH_REMATCH[1]}
     uri=nbd://127.0.0.1:$port
+    # The fd count to come back to, once what the server sets up lazily on
+    # its first requests (a thread pool's notifier, say) exists.
+    qemu-io -f raw -r -c "read -q 0 512" "$uri" >/dev/null
+    nbdinfo --map "$uri" >/dev/null
     fds_at_start=$(ls "/proc/$srv_pid/fd" | wc -l)
     echo "== nbd-server $* (port $port, $(sed -n 's/^nbd-server: //p' "$tmp/server.err"))"
 }
