@@ -1,5 +1,7 @@
-/* One NBD connection on a spindle loop thread: the handshake, then requests
- * served concurrently and answered out of order.
+/* One NBD connection on a spindle loop thread: its socket, its buffers, its
+ * lifetime. What it says is in handshake.c (option haggling) and
+ * requests.c (transmission): requests served concurrently and answered out
+ * of order.
  *
  * How it sits on the loop:
  * - The socket is non-blocking and registered with spindle_set_fd_handler:
@@ -19,127 +21,21 @@
  * client that vanishes mid-request never leaves an I/O writing into freed
  * memory.
  * SPDX-License-Identifier: MIT */
-#include <endian.h>
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
-#include "nbd-proto.h"
-#include "server.h"
-
-#define IN_BUF_SIZE (64u << 10) /* receive buffer: headers, options, small writes */
-#define OPT_MAX_LEN (16u << 10) /* longest option data taken in */
-#define MAX_INFLIGHT 128        /* requests per connection before we stop reading */
-#define MAX_OUT_BYTES (64u << 20) /* replies queued before we stop reading */
-#define MAX_EXTENTS 512         /* extents per BLOCK_STATUS reply */
-#define SEND_IOV 64             /* iovecs per sendmsg */
-
-/* Something to send: up to two pieces (a header, then data), and what to do
- * once it is sent (or dropped because the connection closed). */
-typedef struct out_item out_item;
-struct out_item {
-    out_item *next;
-    struct iovec iov[2];
-    int niov;
-    void (*release)(out_item *o);
-};
-
-/* One transmission request, from its header to its reply. */
-typedef struct nbd_req {
-    out_item out; /* the reply; first, so an out_item is its request */
-    conn *c;
-    uint64_t cookie, off;
-    uint32_t len;
-    uint16_t type, flags;
-    uint32_t buf_size; /* of buf, from the worker's buffer cache */
-    void *buf;         /* READ/WRITE data, or BLOCK_STATUS extents */
-    uint32_t have;     /* WRITE: payload bytes received so far */
-    disk_io io;
-    uint8_t hdr[32];   /* the reply's header */
-} nbd_req;
-
-/* A handshake reply: header and payload in one allocation. */
-typedef struct opt_reply {
-    out_item out;
-    uint8_t data[];
-} opt_reply;
-
-typedef enum { PHASE_CLIENT_FLAGS, PHASE_OPTIONS, PHASE_TRANSMISSION } conn_phase;
-
-struct conn {
-    worker *w;
-    conn *prev, *next; /* in w->conns while open */
-    int fd;            /* -1 once closed */
-    int refs;
-    conn_phase phase;
-    bool no_zeroes, structured, meta_alloc;
-    bool draining;     /* read no more; close once every reply is out */
-    bool shutdown;     /* server stopping: close once no I/O is in flight */
-    bool processing;   /* inside conn_process: completions only queue */
-    bool reg_read, reg_write; /* what is registered with the loop */
-    int inflight;      /* requests whose I/O has not completed */
-    /* Input: bytes in[pos, len) not parsed yet; a WRITE whose payload is
-     * still arriving; payload bytes to throw away. */
-    uint8_t *in;
-    uint32_t in_pos, in_len;
-    nbd_req *rx;
-    uint64_t skip;
-    /* Output: a queue of items, the first of which is sent from out_off. */
-    out_item *out_head, **out_tail;
-    size_t out_off, out_bytes;
-};
+#include "conn.h"
 
 static void conn_update(conn *c);
 static void conn_process(conn *c);
 
 /* ------------------------------------------------------------------------
- * Wire helpers. */
-
-static uint8_t *put16(uint8_t *p, uint16_t v)
-{
-    v = htobe16(v);
-    memcpy(p, &v, 2);
-    return p + 2;
-}
-static uint8_t *put32(uint8_t *p, uint32_t v)
-{
-    v = htobe32(v);
-    memcpy(p, &v, 4);
-    return p + 4;
-}
-static uint8_t *put64(uint8_t *p, uint64_t v)
-{
-    v = htobe64(v);
-    memcpy(p, &v, 8);
-    return p + 8;
-}
-static uint16_t get16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return be16toh(v);
-}
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return be32toh(v);
-}
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return be64toh(v);
-}
-
-/* ------------------------------------------------------------------------
  * Lifetime. */
 
-static void conn_put(conn *c)
+void conn_put(conn *c)
 {
     if (--c->refs > 0)
         return;
@@ -150,22 +46,10 @@ static void conn_put(conn *c)
         worker_drained(w);
 }
 
-static void req_free(nbd_req *r)
-{
-    if (r->buf)
-        worker_buf_put(r->c->w, r->buf, r->buf_size);
-    free(r);
-}
-
-static void req_release(out_item *o)
-{
-    req_free((nbd_req *)o);
-}
-
 /* Close the socket now: the client is gone, broke the protocol, or the
  * server is stopping. Queued replies are dropped; requests still in flight
  * finish on their own and then drop their reference. */
-static void conn_close(conn *c)
+void conn_close(conn *c)
 {
     if (c->fd < 0)
         return;
@@ -181,7 +65,7 @@ static void conn_close(conn *c)
     }
     c->out_tail = &c->out_head;
     if (c->rx)
-        req_free(c->rx);
+        request_free(c->rx);
     c->rx = NULL;
     *(c->prev ? &c->prev->next : &c->w->conns) = c->next;
     if (c->next)
@@ -192,7 +76,7 @@ static void conn_close(conn *c)
 /* ------------------------------------------------------------------------
  * Output. */
 
-static void conn_queue(conn *c, out_item *o)
+void conn_queue(conn *c, out_item *o)
 {
     o->next = NULL;
     *c->out_tail = o;
@@ -253,466 +137,36 @@ static bool conn_flush(conn *c)
     return true;
 }
 
-/* A handshake reply: option reply header plus len bytes of payload (the
- * caller fills them in through the returned pointer). */
-static uint8_t *opt_reply_new(conn *c, uint32_t opt, uint32_t type, uint32_t len)
+/* Bytes to send, in one allocation with their queue item. */
+typedef struct blob {
+    out_item out;
+    uint8_t data[];
+} blob;
+
+uint8_t *conn_queue_bytes(conn *c, uint32_t len)
 {
-    opt_reply *r = malloc(sizeof *r + 20 + len);
-    if (!r) {
+    blob *b = malloc(sizeof *b + len);
+    if (!b) {
         conn_close(c); /* cannot answer: the client would wait forever */
         return NULL;
     }
-    uint8_t *p = put64(r->data, NBD_REP_MAGIC);
-    p = put32(p, opt);
-    p = put32(p, type);
-    p = put32(p, len);
-    r->out.iov[0] = (struct iovec){r->data, 20 + len};
-    r->out.niov = 1;
-    r->out.release = (void (*)(out_item *))free;
-    conn_queue(c, &r->out);
-    return p;
-}
-
-static void opt_reply_simple(conn *c, uint32_t opt, uint32_t type)
-{
-    opt_reply_new(c, opt, type, 0);
-}
-
-/* Raw bytes (the greeting, the NBD_OPT_EXPORT_NAME answer). */
-static uint8_t *raw_new(conn *c, uint32_t len)
-{
-    opt_reply *r = malloc(sizeof *r + len);
-    if (!r) {
-        conn_close(c);
-        return NULL;
-    }
-    memset(r->data, 0, len);
-    r->out.iov[0] = (struct iovec){r->data, len};
-    r->out.niov = 1;
-    r->out.release = (void (*)(out_item *))free;
-    conn_queue(c, &r->out);
-    return r->data;
-}
-
-/* ------------------------------------------------------------------------
- * Handshake. */
-
-static uint16_t transmission_flags(const conn *c)
-{
-    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_CAN_MULTI_CONN;
-    /* Every connection reaches the same file descriptor (or memory), so a
-     * flush on one covers writes made on any: NBD_FLAG_CAN_MULTI_CONN lets
-     * clients like nbdcopy open several connections. */
-    if (c->w->srv->disk.readonly)
-        f |= NBD_FLAG_READ_ONLY;
-    else
-        f |= NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM |
-             NBD_FLAG_SEND_WRITE_ZEROES;
-    if (c->structured)
-        f |= NBD_FLAG_SEND_DF; /* reads are always answered in one chunk */
-    return f;
-}
-
-static bool export_known(const conn *c, const uint8_t *name, uint32_t len)
-{
-    const char *e = c->w->srv->export_name;
-    return len == strlen(e) && memcmp(name, e, len) == 0;
-}
-
-/* NBD_OPT_INFO and NBD_OPT_GO: name length, name, count of info requests,
- * the requests (16 bits each). */
-static void opt_info_go(conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
-{
-    if (len < 6) {
-        opt_reply_simple(c, opt, NBD_REP_ERR_INVALID);
-        return;
-    }
-    uint32_t nlen = get32(d);
-    if (nlen > len - 6 || 4 + nlen + 2 + 2u * get16(d + 4 + nlen) != len) {
-        opt_reply_simple(c, opt, NBD_REP_ERR_INVALID);
-        return;
-    }
-    if (!export_known(c, d + 4, nlen)) {
-        opt_reply_simple(c, opt, NBD_REP_ERR_UNKNOWN);
-        return;
-    }
-    uint16_t n_info = get16(d + 4 + nlen);
-    const uint8_t *info = d + 6 + nlen;
-    const server *s = c->w->srv;
-    uint8_t *p = opt_reply_new(c, opt, NBD_REP_INFO, 12);
-    if (!p)
-        return;
-    p = put16(p, NBD_INFO_EXPORT);
-    p = put64(p, s->disk.size);
-    put16(p, transmission_flags(c));
-    for (uint16_t i = 0; i < n_info; i++) {
-        uint16_t want = get16(info + 2 * i);
-        const char *text = want == NBD_INFO_NAME          ? s->export_name
-                           : want == NBD_INFO_DESCRIPTION ? s->disk.name
-                                                          : NULL;
-        if (!text)
-            continue; /* unknown requests are ignored; block sizes always come */
-        uint32_t tlen = (uint32_t)strlen(text);
-        if (!(p = opt_reply_new(c, opt, NBD_REP_INFO, 2 + tlen)))
-            return;
-        memcpy(put16(p, want), text, tlen);
-    }
-    /* Any offset and length are served (unaligned ones through the page
-     * cache); 4 KiB is what is efficient. */
-    if (!(p = opt_reply_new(c, opt, NBD_REP_INFO, 14)))
-        return;
-    p = put16(p, NBD_INFO_BLOCK_SIZE);
-    p = put32(p, 1);
-    p = put32(p, 4096);
-    put32(p, NBD_MAX_PAYLOAD);
-    opt_reply_simple(c, opt, NBD_REP_ACK);
-    if (opt == NBD_OPT_GO)
-        c->phase = PHASE_TRANSMISSION;
-}
-
-/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: export name, then
- * queries. The one context is base:allocation. */
-static void opt_meta(conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
-{
-    static const char ctx_name[] = NBD_META_BASE_ALLOCATION;
-    const uint32_t ctx_len = sizeof ctx_name - 1;
-    bool set = opt == NBD_OPT_SET_META_CONTEXT;
-    if (set)
-        c->meta_alloc = false; /* a SET replaces earlier ones, even failing */
-    if (!c->structured) {
-        opt_reply_simple(c, opt, NBD_REP_ERR_INVALID);
-        return;
-    }
-    /* Walk the queries once to check lengths before answering anything. */
-    uint32_t nlen = len >= 4 ? get32(d) : UINT32_MAX;
-    if (nlen > len - 8 || len < 8) {
-        opt_reply_simple(c, opt, NBD_REP_ERR_INVALID);
-        return;
-    }
-    uint32_t nq = get32(d + 4 + nlen), pos = 8 + nlen;
-    bool match = !set && nq == 0; /* LIST with no query: everything */
-    for (uint32_t i = 0; i < nq; i++) {
-        if (len - pos < 4 || get32(d + pos) > len - pos - 4) {
-            opt_reply_simple(c, opt, NBD_REP_ERR_INVALID);
-            return;
-        }
-        uint32_t qlen = get32(d + pos);
-        const uint8_t *q = d + pos + 4;
-        if ((qlen == ctx_len && !memcmp(q, ctx_name, ctx_len)) ||
-            (!set && qlen == 5 && !memcmp(q, "base:", 5)))
-            match = true;
-        pos += 4 + qlen;
-    }
-    if (pos != len) {
-        opt_reply_simple(c, opt, NBD_REP_ERR_INVALID);
-        return;
-    }
-    if (!export_known(c, d + 4, nlen)) {
-        opt_reply_simple(c, opt, NBD_REP_ERR_UNKNOWN);
-        return;
-    }
-    if (match) {
-        uint8_t *p = opt_reply_new(c, opt, NBD_REP_META_CONTEXT, 4 + ctx_len);
-        if (!p)
-            return;
-        memcpy(put32(p, set ? NBD_META_ID_ALLOCATION : 0), ctx_name, ctx_len);
-        c->meta_alloc = set;
-    }
-    opt_reply_simple(c, opt, NBD_REP_ACK);
-}
-
-/* One option, its data complete in d. */
-static void handle_option(conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
-{
-    const server *s = c->w->srv;
-    uint8_t *p;
-    switch (opt) {
-    case NBD_OPT_EXPORT_NAME:
-        /* The old way in: no error reply is possible, so an unknown export
-         * closes the connection. */
-        if (!export_known(c, d, len)) {
-            conn_close(c);
-            return;
-        }
-        if (!(p = raw_new(c, 10 + (c->no_zeroes ? 0 : 124))))
-            return;
-        put16(put64(p, s->disk.size), transmission_flags(c));
-        c->phase = PHASE_TRANSMISSION;
-        return;
-    case NBD_OPT_ABORT:
-        opt_reply_simple(c, opt, NBD_REP_ACK);
-        c->draining = true;
-        return;
-    case NBD_OPT_LIST:
-        if (len) {
-            opt_reply_simple(c, opt, NBD_REP_ERR_INVALID);
-            return;
-        }
-        uint32_t nlen = (uint32_t)strlen(s->export_name), dlen = (uint32_t)strlen(s->disk.name);
-        if (!(p = opt_reply_new(c, opt, NBD_REP_SERVER, 4 + nlen + dlen)))
-            return;
-        p = put32(p, nlen);
-        memcpy(p, s->export_name, nlen);
-        memcpy(p + nlen, s->disk.name, dlen); /* the description */
-        opt_reply_simple(c, opt, NBD_REP_ACK);
-        return;
-    case NBD_OPT_INFO:
-    case NBD_OPT_GO:
-        opt_info_go(c, opt, d, len);
-        return;
-    case NBD_OPT_STRUCTURED_REPLY:
-        if (len || c->structured) {
-            opt_reply_simple(c, opt, NBD_REP_ERR_INVALID);
-            return;
-        }
-        c->structured = true;
-        opt_reply_simple(c, opt, NBD_REP_ACK);
-        return;
-    case NBD_OPT_LIST_META_CONTEXT:
-    case NBD_OPT_SET_META_CONTEXT:
-        opt_meta(c, opt, d, len);
-        return;
-    default: /* STARTTLS (no TLS here) and anything newer */
-        opt_reply_simple(c, opt, NBD_REP_ERR_UNSUP);
-        return;
-    }
-}
-
-/* ------------------------------------------------------------------------
- * Transmission: replies. */
-
-/* Build the reply of r (err: 0 or an NBD error) and queue it. Structured
- * replies (when negotiated) answer reads with one data chunk and errors with
- * an error chunk; everything else gets the 16-byte simple reply. */
-static void req_reply(nbd_req *r, uint32_t err)
-{
-    conn *c = r->c;
-    uint8_t *p = r->hdr;
-    out_item *o = &r->out;
-    o->niov = 1;
-    o->release = req_release;
-    bool has_data = r->type == NBD_CMD_READ && r->len > 0;
-    if (c->structured && (err || has_data || r->type == NBD_CMD_BLOCK_STATUS)) {
-        uint16_t type = err ? NBD_REPLY_TYPE_ERROR
-                        : has_data ? NBD_REPLY_TYPE_OFFSET_DATA
-                        : NBD_REPLY_TYPE_BLOCK_STATUS;
-        uint32_t payload = err ? 6 : has_data ? 8 + r->len : 4 + 8 * r->io.n_ext;
-        p = put32(p, NBD_STRUCTURED_REPLY_MAGIC);
-        p = put16(p, NBD_REPLY_FLAG_DONE);
-        p = put16(p, type);
-        p = put64(p, r->cookie);
-        p = put32(p, payload);
-        if (err) {
-            p = put32(p, err);
-            p = put16(p, 0); /* no message */
-        } else if (has_data) {
-            p = put64(p, r->off);
-            o->iov[1] = (struct iovec){r->buf, r->len};
-            o->niov = 2;
-        } else {
-            p = put32(p, NBD_META_ID_ALLOCATION);
-            /* The extents go out from the buffer they were found in. */
-            uint32_t *e = r->buf;
-            for (uint32_t i = 0; i < 2 * r->io.n_ext; i++)
-                e[i] = htobe32(e[i]);
-            o->iov[1] = (struct iovec){r->buf, 8 * r->io.n_ext};
-            o->niov = 2;
-        }
-    } else if (c->structured && r->type == NBD_CMD_READ) {
-        /* An empty read: reads never get simple replies once structured. */
-        p = put32(p, NBD_STRUCTURED_REPLY_MAGIC);
-        p = put16(p, NBD_REPLY_FLAG_DONE);
-        p = put16(p, NBD_REPLY_TYPE_NONE);
-        p = put64(p, r->cookie);
-        p = put32(p, 0);
-    } else {
-        p = put32(p, NBD_SIMPLE_REPLY_MAGIC);
-        p = put32(p, err);
-        p = put64(p, r->cookie);
-        if (has_data && !err) {
-            o->iov[1] = (struct iovec){r->buf, r->len};
-            o->niov = 2;
-        }
-    }
-    o->iov[0] = (struct iovec){r->hdr, (size_t)(p - r->hdr)};
-    conn_queue(c, o);
-}
-
-/* Map a system error to the few the protocol knows. */
-static uint32_t nbd_error(int neg_errno)
-{
-    switch (-neg_errno) {
-    case 0:
-        return 0;
-    case EPERM:
-    case EROFS:
-        return NBD_EPERM;
-    case ENOMEM:
-        return NBD_ENOMEM;
-    case ENOSPC:
-    case EDQUOT:
-    case EFBIG:
-        return NBD_ENOSPC;
-    case EINVAL:
-        return NBD_EINVAL;
-    default:
-        return NBD_EIO;
-    }
+    memset(b->data, 0, len);
+    b->out.iov[0] = (struct iovec){b->data, len};
+    b->out.niov = 1;
+    b->out.release = (void (*)(out_item *))free;
+    conn_queue(c, &b->out);
+    return b->data;
 }
 
 /* After something changed (a reply queued, room in the socket, a request
  * finished): send, read more, or close, whichever is due now. */
-static void conn_kick(conn *c)
+void conn_kick(conn *c)
 {
     if (c->processing || c->fd < 0)
         return; /* conn_process does all of this when it returns */
     if (!conn_flush(c))
         return;
     conn_process(c);
-}
-
-/* The engine's completion: on the loop thread, after the I/O. */
-static void req_io_done(disk_io *io, int ret)
-{
-    nbd_req *r = (nbd_req *)((char *)io - offsetof(nbd_req, io));
-    conn *c = r->c;
-    c->inflight--;
-    if (c->fd < 0) { /* the client went away meanwhile */
-        req_free(r);
-        conn_put(c);
-        return;
-    }
-    req_reply(r, nbd_error(ret));
-    conn_kick(c);
-    conn_put(c);
-}
-
-/* ------------------------------------------------------------------------
- * Transmission: requests. */
-
-/* 0 if r may run, else the NBD error to answer it with. */
-static uint32_t req_check(const conn *c, const nbd_req *r)
-{
-    const disk *d = &c->w->srv->disk;
-    uint16_t allowed = NBD_CMD_FLAG_FUA;
-    bool writes = false, ranged = true;
-    switch (r->type) {
-    case NBD_CMD_READ:
-        if (c->structured)
-            allowed |= NBD_CMD_FLAG_DF;
-        if (r->len > NBD_MAX_PAYLOAD)
-            return NBD_EINVAL;
-        break;
-    case NBD_CMD_WRITE:
-    case NBD_CMD_TRIM:
-        writes = true;
-        break;
-    case NBD_CMD_WRITE_ZEROES:
-        writes = true;
-        allowed |= NBD_CMD_FLAG_NO_HOLE;
-        break;
-    case NBD_CMD_FLUSH:
-        ranged = false;
-        break;
-    case NBD_CMD_BLOCK_STATUS:
-        if (!c->meta_alloc || r->len == 0)
-            return NBD_EINVAL;
-        allowed |= NBD_CMD_FLAG_REQ_ONE;
-        break;
-    default:
-        return NBD_EINVAL; /* unknown command */
-    }
-    if (r->flags & ~allowed)
-        return NBD_EINVAL;
-    if (writes && d->readonly)
-        return NBD_EPERM;
-    if (ranged && (r->off > d->size || r->len > d->size - r->off))
-        return r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC
-                                                                          : NBD_EINVAL;
-    return 0;
-}
-
-/* A request is complete (its payload too): check it and start its I/O. */
-static void req_start(conn *c, nbd_req *r)
-{
-    uint32_t err = req_check(c, r);
-    if (err || (r->len == 0 && r->type != NBD_CMD_FLUSH)) {
-        req_reply(r, err); /* nothing to do for an empty range */
-        return;
-    }
-    static const disk_op ops[] = {
-        [NBD_CMD_READ] = DISK_READ,   [NBD_CMD_WRITE] = DISK_WRITE,
-        [NBD_CMD_FLUSH] = DISK_FLUSH, [NBD_CMD_TRIM] = DISK_TRIM,
-        [NBD_CMD_WRITE_ZEROES] = DISK_ZERO, [NBD_CMD_BLOCK_STATUS] = DISK_EXTENTS,
-    };
-    r->io = (disk_io){
-        .op = ops[r->type],
-        .fua = r->flags & NBD_CMD_FLAG_FUA,
-        .may_trim = !(r->flags & NBD_CMD_FLAG_NO_HOLE),
-        .off = r->off,
-        .len = r->len,
-        .buf = r->buf,
-        .done = req_io_done,
-    };
-    if (r->type == NBD_CMD_BLOCK_STATUS) {
-        r->io.buf = NULL;
-        r->io.ext = r->buf;
-        r->io.max_ext = r->flags & NBD_CMD_FLAG_REQ_ONE ? 1 : MAX_EXTENTS;
-    }
-    c->inflight++;
-    c->refs++; /* dropped by req_io_done */
-    disk_submit(&c->w->eng, &r->io);
-}
-
-/* A 28-byte request header at h. Returns false on a protocol violation
- * (the connection must be dropped). */
-static bool parse_request(conn *c, const uint8_t *h)
-{
-    if (get32(h) != NBD_REQUEST_MAGIC)
-        return false;
-    nbd_req *r = calloc(1, sizeof *r);
-    if (!r)
-        return false;
-    r->c = c;
-    r->flags = get16(h + 4);
-    r->type = get16(h + 6);
-    r->cookie = get64(h + 8);
-    r->off = get64(h + 16);
-    r->len = get32(h + 24);
-    if (r->type == NBD_CMD_DISC) {
-        /* No reply: answer what is in flight, then close. */
-        free(r);
-        c->draining = true;
-        return true;
-    }
-    if (r->type == NBD_CMD_WRITE && r->len > NBD_MAX_PAYLOAD) {
-        /* Too big to take: answer with an error and read past the data,
-         * so the stream stays in step. */
-        c->skip = r->len;
-        req_reply(r, NBD_EINVAL);
-        return true;
-    }
-    /* Reads longer than the maximum fail in req_check: no buffer for them. */
-    uint32_t need = r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE
-                        ? (r->len <= NBD_MAX_PAYLOAD ? r->len : 0)
-                    : r->type == NBD_CMD_BLOCK_STATUS ? MAX_EXTENTS * 8
-                                                      : 0;
-    if (need) {
-        r->buf = worker_buf_get(c->w, need);
-        if (!r->buf) {
-            if (r->type == NBD_CMD_WRITE)
-                c->skip = r->len;
-            req_reply(r, NBD_ENOMEM);
-            return true;
-        }
-        r->buf_size = need;
-    }
-    if (r->type == NBD_CMD_WRITE && r->len > 0) {
-        c->rx = r; /* its payload follows */
-        return true;
-    }
-    req_start(c, r);
-    return true;
 }
 
 /* ------------------------------------------------------------------------
@@ -752,7 +206,7 @@ static void conn_parse(conn *c)
             if (r->have < r->len)
                 return;
             c->rx = NULL;
-            req_start(c, r);
+            request_start(c, r);
             continue;
         }
         switch (c->phase) {
@@ -780,20 +234,20 @@ static void conn_parse(conn *c)
             if (len > OPT_MAX_LEN) {
                 c->in_pos += 16;
                 c->skip = len;
-                opt_reply_simple(c, opt, NBD_REP_ERR_TOO_BIG);
+                handshake_reply(c, opt, NBD_REP_ERR_TOO_BIG);
                 break;
             }
             if (avail < 16 + len)
                 return;
             c->in_pos += 16 + len;
-            handle_option(c, opt, p + 16, len);
+            handshake_option(c, opt, p + 16, len);
             break;
         }
         case PHASE_TRANSMISSION:
             if (avail < NBD_REQUEST_SIZE)
                 return;
             c->in_pos += NBD_REQUEST_SIZE;
-            if (!parse_request(c, p)) {
+            if (!request_parse(c, p)) {
                 conn_close(c);
                 return;
             }
@@ -846,7 +300,7 @@ static void conn_receive(conn *c)
             r->have += (uint32_t)n;
         if (r && r->have == r->len && c->rx == r) {
             c->rx = NULL;
-            req_start(c, r);
+            request_start(c, r);
         }
         conn_parse(c);
     }
@@ -929,7 +383,7 @@ static void conn_start(void *opaque)
     c->shutdown = w->stopping;
     /* The greeting: magic, "IHAVEOPT", handshake flags. */
     c->refs++;
-    uint8_t *p = raw_new(c, 18);
+    uint8_t *p = conn_queue_bytes(c, 18);
     if (p) {
         p = put64(p, NBD_MAGIC);
         p = put64(p, NBD_OPTS_MAGIC);
