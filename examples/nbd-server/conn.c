@@ -64,6 +64,7 @@ void conn_close(conn *c)
         o->release(o);
     }
     c->out_tail = &c->out_head;
+    c->out_off = 0;
     if (c->rx)
         request_free(c->rx);
     c->rx = NULL;
@@ -81,8 +82,6 @@ void conn_queue(conn *c, out_item *o)
     o->next = NULL;
     *c->out_tail = o;
     c->out_tail = &o->next;
-    for (int i = 0; i < o->niov; i++)
-        c->out_bytes += o->iov[i].iov_len;
 }
 
 /* Send what is queued, as far as the socket takes it: one sendmsg carries
@@ -118,7 +117,6 @@ static bool conn_flush(conn *c)
         }
         /* Release the items sent in full; keep the offset into the next. */
         size_t done = c->out_off + (size_t)sent;
-        c->out_bytes -= (size_t)sent;
         while (c->out_head) {
             out_item *o = c->out_head;
             size_t len = 0;
@@ -143,6 +141,11 @@ typedef struct blob {
     uint8_t data[];
 } blob;
 
+static void blob_release(out_item *o)
+{
+    free(o); /* the blob: o is its first member */
+}
+
 uint8_t *conn_queue_bytes(conn *c, uint32_t len)
 {
     blob *b = malloc(sizeof *b + len);
@@ -153,7 +156,7 @@ uint8_t *conn_queue_bytes(conn *c, uint32_t len)
     memset(b->data, 0, len);
     b->out.iov[0] = (struct iovec){b->data, len};
     b->out.niov = 1;
-    b->out.release = (void (*)(out_item *))free;
+    b->out.release = blob_release;
     conn_queue(c, &b->out);
     return b->data;
 }
@@ -172,9 +175,12 @@ void conn_kick(conn *c)
 /* ------------------------------------------------------------------------
  * Input. */
 
+/* Enough requests in flight, or enough memory held for their data (a
+ * client that sends reads and never reads the replies, say): stop reading
+ * until some are answered. */
 static bool conn_full(const conn *c)
 {
-    return c->inflight >= MAX_INFLIGHT || c->out_bytes >= MAX_OUT_BYTES;
+    return c->inflight >= MAX_INFLIGHT || c->buf_bytes >= MAX_BUF_BYTES;
 }
 
 /* Whether the connection is waiting in the middle of a message. */
@@ -399,8 +405,7 @@ void conn_hand_over(worker *w, int fd)
     if (c)
         c->in = malloc(IN_BUF_SIZE);
     if (!c || !c->in) {
-        if (c)
-            free(c);
+        free(c);
         close(fd);
         return;
     }

@@ -15,7 +15,7 @@
 #define IN_BUF_SIZE (64u << 10) /* receive buffer: headers, options, small writes */
 #define OPT_MAX_LEN (16u << 10) /* longest option data taken in */
 #define MAX_INFLIGHT 128        /* requests per connection before we stop reading */
-#define MAX_OUT_BYTES (64u << 20) /* replies queued before we stop reading */
+#define MAX_BUF_BYTES (64u << 20) /* data buffers held before we stop reading */
 #define MAX_EXTENTS 512         /* extents per BLOCK_STATUS reply */
 #define SEND_IOV 64             /* iovecs per sendmsg */
 
@@ -57,6 +57,7 @@ struct conn {
     bool processing;   /* inside conn_process: completions only queue */
     bool reg_read, reg_write; /* what is registered with the loop */
     int inflight;      /* requests whose I/O has not completed */
+    size_t buf_bytes;  /* data buffers of requests not yet answered */
     /* Input: bytes in[pos, len) not parsed yet; a WRITE whose payload is
      * still arriving; payload bytes to throw away. */
     uint8_t *in;
@@ -65,7 +66,7 @@ struct conn {
     uint64_t skip;
     /* Output: a queue of items, the first of which is sent from out_off. */
     out_item *out_head, **out_tail;
-    size_t out_off, out_bytes;
+    size_t out_off;
 };
 
 /* Big-endian fields on the wire. */

@@ -11,8 +11,10 @@
 
 void request_free(nbd_req *r)
 {
-    if (r->buf)
+    if (r->buf) {
         worker_buf_put(r->c->w, r->buf, r->buf_size);
+        r->c->buf_bytes -= r->buf_size;
+    }
     free(r);
 }
 
@@ -232,6 +234,7 @@ bool request_parse(conn *c, const uint8_t *h)
             return true;
         }
         r->buf_size = need;
+        c->buf_bytes += need;
     }
     if (r->type == NBD_CMD_WRITE && r->len > 0) {
         c->rx = r; /* its payload follows */

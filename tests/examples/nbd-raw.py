@@ -305,7 +305,7 @@ s.close()
 # ... and with 64 reads in flight whose replies it never reads.
 s, _ = session()
 for i in range(64):
-    request(s, CMD_READ, 0, 1 << 20, cookie=i)
+    request(s, CMD_READ, 0, 8 << 20, cookie=i)
 s.close()
 
 s, _ = session()
