@@ -78,6 +78,8 @@ pid_t proc_start(char *const argv[], const char *env, const char *log_path);
 /* Wait until pid accepts connections on 127.0.0.1:port (10 s at most). */
 void server_wait_port(pid_t pid, int port, const char *log_path);
 int proc_wait(pid_t pid);               /* its exit status (128 + signal) */
+/* The same, but kill it after timeout_ns (< 0: never) and return -1. */
+int proc_wait_timeout(pid_t pid, int64_t timeout_ns);
 void server_stop(pid_t pid);            /* SIGTERM, then reap */
 int64_t proc_cpu_ns(pid_t pid);         /* user + system, all threads */
 

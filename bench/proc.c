@@ -118,12 +118,32 @@ void server_wait_port(pid_t pid, int port, const char *log_path)
 
 int proc_wait(pid_t pid)
 {
+    return proc_wait_timeout(pid, -1);
+}
+
+int proc_wait_timeout(pid_t pid, int64_t timeout_ns)
+{
     int st;
-    while (waitpid(pid, &st, 0) < 0)
-        BENCH_CHECK(errno == EINTR, "waitpid: %s", strerror(errno));
+    int64_t end = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, timeout_ns < 0 ? 0 : WNOHANG);
+        if (r == pid)
+            break;
+        BENCH_CHECK(r == 0 || errno == EINTR, "waitpid: %s", strerror(errno));
+        if (r == 0 && now_ns() >= end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            st = -1;
+            break;
+        }
+        if (r == 0)
+            sleep_until_ns(now_ns() + 5000000); /* a child that takes seconds */
+    }
     for (int i = 0; i < 8; i++)
         if (live[i] == pid)
             live[i] = 0;
+    if (st == -1)
+        return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 

@@ -48,8 +48,8 @@ static wrk_result wrk(int port, int conns)
     snprintf(c, sizeof c, "%d", conns);
     snprintf(log, sizeof log, "%s/wrk.log", cfg.out_dir);
     char *argv[] = {"wrk", "-t1", "-c", c, "-d1s", "-s", WRK_SCRIPT, url, NULL};
-    int st = proc_wait(proc_start(argv, NULL, log));
-    BENCH_CHECK(st == 0, "wrk exited with status %d (see %s)", st, log);
+    int st = proc_wait_timeout(proc_start(argv, NULL, log), 30 * 1000000000ll);
+    BENCH_CHECK(st == 0, "wrk exited with status %d (-1: killed after 30 s; see %s)", st, log);
     FILE *f = fopen(log, "r");
     BENCH_CHECK(f, "%s: cannot read", log);
     char line[256];

@@ -213,8 +213,9 @@ static double nbdcopy(int port, bool in)
     char *argv_out[] = {"nbdcopy", uri, "null:", NULL};
     int64_t t0 = now_ns();
     pid_t pid = proc_start(in ? argv_in : argv_out, NULL, NULL);
-    int st = proc_wait(pid);
+    int st = proc_wait_timeout(pid, 120 * 1000000000ll);
     int64_t t1 = now_ns();
+    BENCH_CHECK(st != -1, "nbdcopy %s did not finish in 120 s", in ? "in" : "out");
     BENCH_CHECK(st == 0, "nbdcopy %s failed (status %d)", in ? "in" : "out", st);
     return (double)img_size / 1e6 / ((double)(t1 - t0) / 1e9);
 }
