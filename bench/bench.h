@@ -80,7 +80,7 @@ void server_wait_port(pid_t pid, int port, const char *log_path);
 int proc_wait(pid_t pid);               /* its exit status (128 + signal) */
 /* The same, but kill it after timeout_ns (< 0: never) and return -1. */
 int proc_wait_timeout(pid_t pid, int64_t timeout_ns);
-void server_stop(pid_t pid);            /* SIGTERM, then reap */
+void server_stop(pid_t pid);            /* SIGTERM, reap (SIGKILL after 10 s) */
 int64_t proc_cpu_ns(pid_t pid);         /* user + system, all threads */
 
 /* Results: one call per cell. Lower is better for every metric except

@@ -150,7 +150,9 @@ int proc_wait_timeout(pid_t pid, int64_t timeout_ns)
 void server_stop(pid_t pid)
 {
     kill(pid, SIGTERM);
-    proc_wait(pid);
+    if (proc_wait_timeout(pid, 10 * 1000000000ll) == -1)
+        fprintf(stderr, "bench: server pid %d did not stop within 10 s of SIGTERM: killed\n",
+                (int)pid);
 }
 
 int64_t proc_cpu_ns(pid_t pid)
