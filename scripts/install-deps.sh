@@ -34,12 +34,14 @@ CHECK_PKGS=(
     strace                                       # tests/interest-syscalls.sh
     # The clients that tests/examples/*.sh run, one line per example.
     socat                                        # echo-server
+    curl socat                                   # http-hello
     libnbd-bin qemu-utils python3                # nbd-server
 )
 BENCH_PKGS=(
     libuv1-dev libev-dev libevent-dev libglib2.0-dev   # the peers
     hyperfine                                          # timing whole runs
-    libnbd-dev nbdkit wrk                              # rows nbd and http
+    libnbd-dev libnbd-bin qemu-utils nbdkit            # row nbd
+    wrk                                                # row http
 )
 
 usage() {

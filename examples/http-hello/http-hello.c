@@ -24,9 +24,11 @@
  *   readable and io_write when it is writable, on the loop thread.
  * - A connection waits for "readable" while it takes requests, and for
  *   "writable" only while answers wait for room in the socket's buffer
- *   (wrk and curl read fast, so that is rare). -w instead turns write
- *   interest on for every request and answers from io_write: the variant
- *   `make bench` uses to measure what changing interest costs.
+ *   (wrk and curl read fast, so that is rare): the handler is registered
+ *   once with both callbacks, and spindle_set_fd_interest() switches which
+ *   one the loop waits for. -w instead turns write interest on for every
+ *   request and answers from io_write: the variant `make bench` uses to
+ *   measure what changing interest costs.
  * - The main thread runs a context too, with one handler: a signalfd, which
  *   turns SIGINT and SIGTERM into a readable fd. Then every thread stops,
  *   every connection is closed, and the program exits with status 0.
@@ -51,9 +53,6 @@ typedef struct worker {
 
 static bool toggle_write; /* -w */
 
-static void on_readable(void *opaque);
-static void on_writable(void *opaque);
-
 static void conn_close(http_conn *c)
 {
     worker *w = c->loop_data;
@@ -67,7 +66,10 @@ static void conn_close(http_conn *c)
 }
 
 /* Wait for what the connection wants next (HTTP_WANT_READ and/or
- * HTTP_WANT_WRITE); nothing means it is finished. */
+ * HTTP_WANT_WRITE); nothing means it is finished. The handler was
+ * registered once, with both callbacks; spindle_set_fd_interest() only
+ * changes which of them the loop waits for: no allocation, and on epoll at
+ * most one epoll_ctl per change, made before the loop's next wait. */
 static void conn_want(http_conn *c, int want)
 {
     worker *w = c->loop_data;
@@ -75,15 +77,8 @@ static void conn_want(http_conn *c, int want)
         conn_close(c);
         return;
     }
-    if (want == c->interest)
-        return;
-    /* INTERIM: re-register with the callbacks wanted (a new handler record
-     * each time); spindle_set_fd_interest() replaces this once it lands. */
-    if (spindle_set_fd_handler(w->ctx, c->fd, false, want & HTTP_WANT_READ ? on_readable : NULL,
-                               want & HTTP_WANT_WRITE ? on_writable : NULL, NULL, c) != 0) {
-        conn_close(c); /* out of memory: nothing would wake it again */
-        return;
-    }
+    if (want != c->interest)
+        spindle_set_fd_interest(w->ctx, c->fd, want & HTTP_WANT_READ, want & HTTP_WANT_WRITE);
     c->interest = want;
 }
 
@@ -105,11 +100,18 @@ static void on_accept(void *opaque)
     worker *w = opaque;
     http_conn *c;
     while ((c = http_accept(w->listen_fd))) {
+        /* Both callbacks, so that interest can change later; readable only
+         * for now (writable would fire at once: the buffer is empty). */
+        if (spindle_set_fd_handler(w->ctx, c->fd, false, on_readable, on_writable, NULL, c)) {
+            http_conn_free(c);
+            continue;
+        }
         c->loop_data = w;
         c->next = w->conns;
         if (w->conns)
             w->conns->prev = c;
         w->conns = c;
+        c->interest = HTTP_WANT_READ | HTTP_WANT_WRITE;
         conn_want(c, HTTP_WANT_READ);
     }
 }

@@ -4,9 +4,10 @@
  * of order.
  *
  * How it sits on the loop:
- * - The socket is non-blocking and registered with spindle_set_fd_handler:
- *   a read handler while the connection accepts requests, a write handler
- *   only while replies are waiting because the socket buffer was full.
+ * - The socket is non-blocking and registered once, with a read and a
+ *   write callback; spindle_set_fd_interest() then keeps the loop waiting
+ *   for readable while the connection takes requests, and for writable only
+ *   while replies wait for room in the socket's buffer.
  * - Each request becomes a disk_io (disk.h) handed to the thread's engine;
  *   its completion runs on this same loop thread, builds the reply and
  *   sends it. Replies leave in the order their I/O completes, which is what
@@ -334,8 +335,11 @@ static void on_writable(void *opaque)
     conn_put(c);
 }
 
-/* Register what the connection now waits for: readable while it takes
- * requests, writable while replies wait for room. Only changes cost a call. */
+/* Tell the loop what the connection now waits for: readable while it takes
+ * requests, writable while replies wait for room. The handler has both
+ * callbacks from the start; spindle_set_fd_interest() switches between
+ * them without allocating (on epoll, at most one epoll_ctl per change,
+ * made before the loop's next wait). */
 static void conn_update(conn *c)
 {
     if (c->fd < 0)
@@ -344,12 +348,7 @@ static void conn_update(conn *c)
     bool want_write = c->out_head != NULL;
     if (want_read == c->reg_read && want_write == c->reg_write)
         return;
-    int r = spindle_set_fd_handler(c->w->ctx, c->fd, false, want_read ? on_readable : NULL,
-                                   want_write ? on_writable : NULL, NULL, c);
-    if (r < 0) { /* out of memory: nothing would ever wake this connection */
-        conn_close(c);
-        return;
-    }
+    spindle_set_fd_interest(c->w->ctx, c->fd, want_read, want_write);
     c->reg_read = want_read;
     c->reg_write = want_write;
 }
@@ -389,7 +388,12 @@ static void conn_start(void *opaque)
     c->shutdown = w->stopping;
     /* The greeting: magic, "IHAVEOPT", handshake flags. */
     c->refs++;
-    uint8_t *p = conn_queue_bytes(c, 18);
+    uint8_t *p = NULL;
+    if (spindle_set_fd_handler(w->ctx, c->fd, false, on_readable, on_writable, NULL, c) != 0)
+        conn_close(c); /* out of memory */
+    else
+        p = conn_queue_bytes(c, 18);
+    c->reg_read = c->reg_write = true;
     if (p) {
         p = put64(p, NBD_MAGIC);
         p = put64(p, NBD_OPTS_MAGIC);

@@ -171,7 +171,9 @@ static bool run(ring *r, bool polling, long count, int64_t interval_ns)
 {
     memset(r, 0, sizeof *r);
     spindle_notifier *kick = spindle_notifier_new(false);
-    spindle_options o = {.backend = SPINDLE_BACKEND_AUTO, .poll_max_ns = polling ? -1 : 0};
+    spindle_options o = SPINDLE_OPTIONS_INIT; /* the defaults; then: */
+    if (!polling)
+        o.poll_max_ns = 0; /* busy polling off */
     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
     consumer c = {.r = r, .kick = kick, .count = count};
     c.latency_ns = calloc((size_t)count, sizeof *c.latency_ns);
