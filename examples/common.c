@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -57,6 +58,16 @@ int example_signalfd_read(int fd)
 {
     struct signalfd_siginfo si;
     return read(fd, &si, sizeof si) == (ssize_t)sizeof si ? (int)si.ssi_signo : 0;
+}
+
+int example_signalfd_wait(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int sig = 0;
+    while (!sig)
+        if (poll(&p, 1, -1) > 0)
+            sig = example_signalfd_read(fd);
+    return sig;
 }
 
 bool example_parse_long(const char *what, const char *s, long min, long max, long *out)

@@ -24,6 +24,9 @@ int example_signalfd(void);
 
 /* Read one pending signal from a signalfd; returns its number, or 0. */
 int example_signalfd_read(int fd);
+/* Block until a signal arrives on the signalfd (for a thread that has
+ * nothing else to do); returns its number. */
+int example_signalfd_wait(int fd);
 
 /* Parse a decimal number in [min, max]; false (and a message on stderr
  * naming what) if s is not one. */

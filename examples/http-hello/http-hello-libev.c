@@ -7,7 +7,6 @@
  *   http-hello-libev [-p PORT] [-t THREADS] [-w]
  * SPDX-License-Identifier: MIT */
 #include <ev.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,9 +36,7 @@ static void conn_close(http_conn *c)
 {
     conn_watcher *cw = c->loop_data;
     ev_io_stop(cw->w->loop, &cw->io);
-    *(c->prev ? &c->prev->next : &cw->w->conns) = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    http_conn_unlink(&cw->w->conns, c);
     free(cw);
     http_conn_free(c);
 }
@@ -88,10 +85,7 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         cw->w = w;
         ev_io_init(&cw->io, on_conn, c->fd, 0);
         c->loop_data = cw;
-        c->next = w->conns;
-        if (w->conns)
-            w->conns->prev = c;
-        w->conns = c;
+        http_conn_link(&w->conns, c);
         conn_want(c, HTTP_WANT_READ);
     }
 }
@@ -138,9 +132,7 @@ int main(int argc, char **argv)
     printf("listening on 127.0.0.1:%d\n", port);
     fflush(stdout);
 
-    struct pollfd p = {.fd = signal_fd, .events = POLLIN};
-    while (poll(&p, 1, -1) < 0 || !example_signalfd_read(signal_fd))
-        ;
+    example_signalfd_wait(signal_fd); /* until SIGINT or SIGTERM */
 
     for (int i = 0; i < o.threads; i++) {
         worker *w = &workers[i];

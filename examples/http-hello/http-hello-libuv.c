@@ -7,7 +7,6 @@
  *
  *   http-hello-libuv [-p PORT] [-t THREADS] [-w]
  * SPDX-License-Identifier: MIT */
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,9 +43,7 @@ static void on_closed(uv_handle_t *h)
 static void conn_close(http_conn *c)
 {
     conn_watcher *cw = c->loop_data;
-    *(c->prev ? &c->prev->next : &cw->w->conns) = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    http_conn_unlink(&cw->w->conns, c);
     uv_close((uv_handle_t *)&cw->poll, on_closed);
 }
 
@@ -100,10 +97,7 @@ static void on_accept(uv_poll_t *p, int status, int events)
         cw->c = c;
         cw->w = w;
         c->loop_data = cw;
-        c->next = w->conns;
-        if (w->conns)
-            w->conns->prev = c;
-        w->conns = c;
+        http_conn_link(&w->conns, c);
         conn_want(c, HTTP_WANT_READ);
     }
 }
@@ -153,9 +147,7 @@ int main(int argc, char **argv)
     printf("listening on 127.0.0.1:%d\n", port);
     fflush(stdout);
 
-    struct pollfd p = {.fd = signal_fd, .events = POLLIN};
-    while (poll(&p, 1, -1) < 0 || !example_signalfd_read(signal_fd))
-        ;
+    example_signalfd_wait(signal_fd); /* until SIGINT or SIGTERM */
 
     for (int i = 0; i < o.threads; i++) {
         worker *w = &workers[i];

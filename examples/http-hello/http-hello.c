@@ -59,9 +59,7 @@ static void conn_close(http_conn *c)
     /* Remove the handler before closing the fd, so the loop never watches
      * a number that the next accept() may reuse. */
     spindle_set_fd_handler(w->ctx, c->fd, false, NULL, NULL, NULL, NULL);
-    *(c->prev ? &c->prev->next : &w->conns) = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    http_conn_unlink(&w->conns, c);
     http_conn_free(c);
 }
 
@@ -107,10 +105,7 @@ static void on_accept(void *opaque)
             continue;
         }
         c->loop_data = w;
-        c->next = w->conns;
-        if (w->conns)
-            w->conns->prev = c;
-        w->conns = c;
+        http_conn_link(&w->conns, c);
         c->interest = HTTP_WANT_READ | HTTP_WANT_WRITE;
         conn_want(c, HTTP_WANT_READ);
     }

@@ -231,3 +231,19 @@ void http_conn_free(http_conn *c)
     close(c->fd);
     free(c);
 }
+
+void http_conn_link(http_conn **list, http_conn *c)
+{
+    c->prev = NULL;
+    c->next = *list;
+    if (*list)
+        (*list)->prev = c;
+    *list = c;
+}
+
+void http_conn_unlink(http_conn **list, http_conn *c)
+{
+    *(c->prev ? &c->prev->next : list) = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+}

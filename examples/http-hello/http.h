@@ -60,4 +60,8 @@ http_conn *http_accept(int listen_fd);
 /* Close the socket and free c. */
 void http_conn_free(http_conn *c);
 
+/* A loop thread's list of its connections (through c->prev, c->next). */
+void http_conn_link(http_conn **list, http_conn *c);
+void http_conn_unlink(http_conn **list, http_conn *c);
+
 #endif

@@ -9,57 +9,8 @@
 set -euo pipefail
 
 server=$1
-for tool in curl socat; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "SKIP: $tool is not installed (scripts/install-deps.sh check installs it)"
-        exit 77
-    fi
-done
-
-tmp=$(mktemp -d)
-srv_pid=
-cleanup() {
-    if [ -n "$srv_pid" ]; then
-        kill -9 "$srv_pid" 2>/dev/null || true
-        wait "$srv_pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fail() {
-    echo "FAIL: $*"
-    exit 1
-}
-ok() { echo "ok   $*"; }
-
-start_server() {
-    coproc SRV { exec "$server" "$@"; }
-    srv_pid=$SRV_PID
-    local line
-    read -r -t 30 -u "${SRV[0]}" line || fail "no 'listening on' line from $server $*"
-    [[ $line =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]] || fail "first line was '$line'"
-    port=${BASH_REMATCH[1]}
-    url=http://127.0.0.1:$port
-    fds_at_start=$(ls "/proc/$srv_pid/fd" | wc -l)
-    echo "== $(basename "$server") $* (port $port)"
-}
-
-stop_server() {
-    local fds i
-    for i in $(seq 200); do # the server sees each client's EOF on its own time
-        fds=$(ls "/proc/$srv_pid/fd" | wc -l)
-        [ "$fds" -le "$fds_at_start" ] && break
-        sleep 0.05
-    done
-    [ "$fds" -le "$fds_at_start" ] || fail "fd leak: $fds_at_start fds at start, $fds at the end"
-    kill -TERM "$srv_pid"
-    local rc=0
-    wait "$srv_pid" || rc=$?
-    srv_pid=
-    [ "$rc" -eq 0 ] || fail "exit status $rc after SIGTERM"
-    ok "no fd leaked ($fds_at_start fds), SIGTERM: exit 0"
-}
+. "$(dirname "$0")/server-lib.sh"
+need curl socat
 
 # raw BYTES: send BYTES on one connection, half-close, print all the answer.
 raw() {
@@ -75,6 +26,7 @@ answer() { # answer STATUS [close] [head]: the exact bytes of one answer
 }
 
 checks() {
+    local url=http://127.0.0.1:$port
     [ "$(curl -sS "$url/")" = "Hello, world!" ] || fail "curl GET"
     ok "curl: GET answered with the body"
     curl -sSv "$url/a" "$url/b" >"$tmp/body" 2>"$tmp/curl.err"
@@ -132,10 +84,10 @@ checks() {
     ok "vanishing clients survived; then 50 curl clients at once all answered"
 }
 
-start_server -t 2
+start_server "$server" -t 2
 checks
 stop_server
-start_server -w
+start_server "$server" -w
 checks
 stop_server
 echo "all http-hello checks passed"

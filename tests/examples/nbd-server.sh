@@ -3,7 +3,7 @@
 # qemu-img and qemu-io (qemu-utils), plus nbd-raw.py for the requests that
 # real clients never send.
 #
-#   nbd-server.sh NBD_SERVER [BUILD_DIR]
+#   nbd-server.sh NBD_SERVER
 #
 # Every part checks data byte for byte: what the clients wrote is mirrored
 # into a local copy of the image, and the export must equal it afterwards.
@@ -13,67 +13,16 @@ set -euo pipefail
 
 server=$1
 here=$(cd "$(dirname "$0")" && pwd)
-for tool in nbdinfo nbdcopy qemu-img qemu-io python3 sha256sum; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "SKIP: $tool is not installed (scripts/install-deps.sh check installs it)"
-        exit 77
-    fi
-done
+. "$here/server-lib.sh"
+need nbdinfo nbdcopy qemu-img qemu-io python3 sha256sum
 
-tmp=$(mktemp -d)
-srv_pid=
-cleanup() {
-    if [ -n "$srv_pid" ]; then
-        kill -9 "$srv_pid" 2>/dev/null || true
-        wait "$srv_pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fail() {
-    echo "FAIL: $*"
-    [ -f "$tmp/server.err" ] && sed 's/^/  server: /' "$tmp/server.err"
-    exit 1
-}
-
-# start_server ARGS...: start nbd-server, read its first line for the port.
-start_server() {
-    coproc SRV { exec "$server" "$@" 2>"$tmp/server.err"; }
-    srv_pid=$SRV_PID
-    local line
-    read -r -t 30 -u "${SRV[0]}" line || fail "no 'listening on' line from nbd-server $*"
-    [[ $line =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]] || fail "first line was '$line'"
-    port=${BASH_REMATCH[1]}
+# Before the fd count: a read and a block status query.
+server_warm_up() {
     uri=nbd://127.0.0.1:$port
-    # The fd count to come back to, once what the server sets up lazily on
-    # its first requests (a thread pool's notifier, say) exists.
     qemu-io -f raw -r -c "read -q 0 512" "$uri" >/dev/null
     nbdinfo --map "$uri" >/dev/null
-    fds_at_start=$(ls "/proc/$srv_pid/fd" | wc -l)
-    echo "== nbd-server $* (port $port, $(sed -n 's/^nbd-server: //p' "$tmp/server.err"))"
+    echo "   $(sed -n 's/^nbd-server: //p' "$tmp/server.err")"
 }
-
-# stop_server: every connection's fds must be gone once the clients are (the
-# server notices each EOF on its own time, so wait for it, boundedly), then
-# SIGTERM must stop it with status 0.
-stop_server() {
-    local fds i
-    for i in $(seq 200); do
-        fds=$(ls "/proc/$srv_pid/fd" | wc -l)
-        [ "$fds" -le "$fds_at_start" ] && break
-        sleep 0.05
-    done
-    [ "$fds" -le "$fds_at_start" ] || fail "fd leak: $fds_at_start fds at start, $fds at the end"
-    kill -TERM "$srv_pid"
-    local rc=0
-    wait "$srv_pid" || rc=$?
-    srv_pid=
-    [ "$rc" -eq 0 ] || fail "nbd-server exited with status $rc after SIGTERM"
-    echo "ok   no fd leaked ($fds_at_start fds), SIGTERM: exit 0"
-}
-
-ok() { echo "ok   $*"; }
 
 # mirror FILE OFFSET LENGTH BYTE: what a qemu-io write of BYTE does, locally.
 mirror() {
@@ -94,7 +43,7 @@ MiB=1048576
 size=$((256 * MiB))
 head -c "$size" /dev/urandom >"$tmp/src.img"
 truncate -s "$size" "$tmp/export.img"
-start_server -t 2 "$tmp/export.img"
+start_server "$server" -t 2 "$tmp/export.img"
 
 nbdinfo --json "$uri" >"$tmp/info.json"
 for want in '"export-size": '$size '"can_multi_conn": true' '"can_trim": true' \
@@ -176,7 +125,7 @@ stop_server
 # or a clean close, the export unchanged, the server still serving.
 head -c $((16 * MiB)) /dev/urandom >"$tmp/small.img"
 cp "$tmp/small.img" "$tmp/small.orig"
-start_server "$tmp/small.img"
+start_server "$server" "$tmp/small.img"
 python3 "$here/nbd-raw.py" "$port" $((16 * MiB)) >"$tmp/raw.out" || fail "nbd-raw.py: $(grep -v '^ok' "$tmp/raw.out")"
 ok "nbd-raw.py: $(grep -c '^ok' "$tmp/raw.out") protocol checks"
 cmp -s "$tmp/small.img" "$tmp/small.orig" || fail "the export changed under bad requests"
@@ -184,7 +133,7 @@ ok "...and the export is unchanged"
 stop_server
 
 # 6. Read-only (-r), on a memory export: reads work, writes get EPERM.
-start_server -r --memory 16M
+start_server "$server" -r --memory 16M
 python3 "$here/nbd-raw.py" "$port" $((16 * MiB)) --readonly >"$tmp/raw.out" ||
     fail "nbd-raw.py --readonly: $(grep -v '^ok' "$tmp/raw.out")"
 ok "read-only: $(grep -c '^ok' "$tmp/raw.out") protocol checks, writes refused with EPERM"

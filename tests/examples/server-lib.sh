@@ -1,0 +1,68 @@
+# What the example servers' test scripts share (sourced, after
+# `set -euo pipefail`): a scratch directory, fail/ok, and starting and
+# stopping a server that prints `listening on 127.0.0.1:PORT` first.
+# SPDX-License-Identifier: MIT
+
+# need TOOL...: skip the test (exit 77) when a client is not installed.
+need() {
+    local tool
+    for tool in "$@"; do
+        if ! command -v "$tool" >/dev/null; then
+            echo "SKIP: $tool is not installed (scripts/install-deps.sh check installs it)"
+            exit 77
+        fi
+    done
+}
+
+tmp=$(mktemp -d)
+srv_pid=
+cleanup() {
+    if [ -n "$srv_pid" ]; then
+        kill -9 "$srv_pid" 2>/dev/null || true
+        wait "$srv_pid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fail() {
+    echo "FAIL: $*"
+    if [ -s "$tmp/server.err" ]; then sed 's/^/  server: /' "$tmp/server.err"; fi
+    exit 1
+}
+ok() { echo "ok   $*"; }
+
+# start_server PROGRAM ARGS...: start it (stderr to $tmp/server.err), read
+# its first line; sets srv_pid and port. If the caller defines
+# server_warm_up, it runs next: the fd count that stop_server comes back to
+# is taken after it, once what a server sets up lazily on its first
+# requests (a thread pool's notifier, say) exists.
+start_server() {
+    coproc SRV { exec "$@" 2>"$tmp/server.err"; }
+    srv_pid=$SRV_PID
+    local line
+    read -r -t 30 -u "${SRV[0]}" line || fail "no 'listening on' line from $*"
+    [[ $line =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]] || fail "first line was '$line'"
+    port=${BASH_REMATCH[1]}
+    echo "== $(basename "$1") ${*:2} (port $port)"
+    if declare -F server_warm_up >/dev/null; then server_warm_up; fi
+    fds_at_start=$(ls "/proc/$srv_pid/fd" | wc -l)
+}
+
+# stop_server: every connection's fds must be gone once the clients are
+# (the server notices each EOF on its own time: wait for that, boundedly),
+# then SIGTERM must stop it with status 0.
+stop_server() {
+    local fds i rc=0
+    for i in $(seq 200); do
+        fds=$(ls "/proc/$srv_pid/fd" | wc -l)
+        [ "$fds" -le "$fds_at_start" ] && break
+        sleep 0.05
+    done
+    [ "$fds" -le "$fds_at_start" ] || fail "fd leak: $fds_at_start fds at start, $fds at the end"
+    kill -TERM "$srv_pid"
+    wait "$srv_pid" || rc=$?
+    srv_pid=
+    [ "$rc" -eq 0 ] || fail "exit status $rc after SIGTERM"
+    ok "no fd leaked ($fds_at_start fds), SIGTERM: exit 0"
+}
