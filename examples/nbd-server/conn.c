@@ -310,6 +310,11 @@ static void conn_receive(conn *c)
             request_start(c, r);
         }
         conn_parse(c);
+        /* Less than there was room for: the socket is drained for now. The
+         * loop calls us again when more arrives (readiness is
+         * level-triggered), so no recv() just to hear EAGAIN. */
+        if ((size_t)n < room)
+            return;
     }
 }
 
