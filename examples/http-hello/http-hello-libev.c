@@ -6,6 +6,7 @@
  *
  *   http-hello-libev [-p PORT] [-t THREADS] [-w]
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <ev.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@ typedef struct worker {
     pthread_t tid;
     struct ev_loop *loop;
     ev_io accept_w;
+    ev_timer pause_w; /* resumes accepting after EMFILE */
     ev_async stop_w;
     int listen_fd;
     http_conn *conns;
@@ -71,6 +73,12 @@ static void on_conn(struct ev_loop *loop, ev_io *io, int revents)
         conn_want(c, http_on_writable(c));
 }
 
+static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    worker *w = t->data;
+    ev_io_start(loop, &w->accept_w);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {
     worker *w = io->data;
@@ -87,6 +95,11 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         c->loop_data = cw;
         http_conn_link(&w->conns, c);
         conn_want(c, HTTP_WANT_READ);
+    }
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        ev_io_stop(loop, &w->accept_w); /* out of fds: pause 0.1 s */
+        ev_timer_set(&w->pause_w, 0.1, 0);
+        ev_timer_start(loop, &w->pause_w);
     }
 }
 
@@ -124,6 +137,8 @@ int main(int argc, char **argv)
         ev_io_init(&w->accept_w, on_accept, w->listen_fd, EV_READ);
         w->accept_w.data = w;
         ev_io_start(w->loop, &w->accept_w);
+        ev_timer_init(&w->pause_w, on_resume, 0.1, 0);
+        w->pause_w.data = w;
         ev_async_init(&w->stop_w, on_stop);
         ev_async_start(w->loop, &w->stop_w);
         if (pthread_create(&w->tid, NULL, worker_main, w) != 0)

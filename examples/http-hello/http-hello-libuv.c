@@ -7,6 +7,7 @@
  *
  *   http-hello-libuv [-p PORT] [-t THREADS] [-w]
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@ typedef struct worker {
     pthread_t tid;
     uv_loop_t loop;
     uv_poll_t accept_w;
+    uv_timer_t pause_w; /* resumes accepting after EMFILE */
     uv_async_t stop_w;
     int listen_fd;
     http_conn *conns;
@@ -83,6 +85,14 @@ static void on_conn(uv_poll_t *p, int status, int events)
         conn_want(c, http_on_writable(c));
 }
 
+static void on_accept(uv_poll_t *p, int status, int events);
+
+static void on_resume(uv_timer_t *t)
+{
+    worker *w = t->data;
+    uv_poll_start(&w->accept_w, UV_READABLE, on_accept);
+}
+
 static void on_accept(uv_poll_t *p, int status, int events)
 {
     worker *w = p->data;
@@ -100,6 +110,10 @@ static void on_accept(uv_poll_t *p, int status, int events)
         http_conn_link(&w->conns, c);
         conn_want(c, HTTP_WANT_READ);
     }
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        uv_poll_stop(&w->accept_w); /* out of fds: pause 0.1 s */
+        uv_timer_start(&w->pause_w, on_resume, 100, 0);
+    }
 }
 
 static void on_stop(uv_async_t *a)
@@ -108,6 +122,7 @@ static void on_stop(uv_async_t *a)
     while (w->conns)
         conn_close(w->conns);
     uv_close((uv_handle_t *)&w->accept_w, NULL);
+    uv_close((uv_handle_t *)&w->pause_w, NULL);
     uv_close((uv_handle_t *)&w->stop_w, NULL);
     /* uv_run returns once every handle is closed. */
 }
@@ -135,11 +150,12 @@ int main(int argc, char **argv)
         w->listen_fd = example_listen(port, true, &port);
         if (w->listen_fd < 0 || uv_loop_init(&w->loop) != 0 ||
             uv_poll_init(&w->loop, &w->accept_w, w->listen_fd) != 0 ||
+            uv_timer_init(&w->loop, &w->pause_w) != 0 ||
             uv_async_init(&w->loop, &w->stop_w, on_stop) != 0) {
             fprintf(stderr, "http-hello-libuv: cannot listen on port %d\n", port);
             return 1;
         }
-        w->accept_w.data = w->stop_w.data = w;
+        w->accept_w.data = w->stop_w.data = w->pause_w.data = w;
         uv_poll_start(&w->accept_w, UV_READABLE, on_accept);
         if (pthread_create(&w->tid, NULL, worker_main, w) != 0)
             return 1;

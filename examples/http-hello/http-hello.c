@@ -33,6 +33,7 @@
  *   turns SIGINT and SIGTERM into a readable fd. Then every thread stops,
  *   every connection is closed, and the program exits with status 0.
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@ typedef struct worker {
     spindle_ctx *ctx;
     int listen_fd;
     http_conn *conns; /* this thread's connections */
+    spindle_timer *accept_timer; /* resumes accepting after EMFILE */
 } worker;
 
 static bool toggle_write; /* -w */
@@ -92,6 +94,25 @@ static void on_writable(void *opaque)
     conn_want(c, http_on_writable(c));
 }
 
+static void resume_accept(void *opaque)
+{
+    worker *w = opaque;
+    spindle_set_fd_interest(w->ctx, w->listen_fd, true, false);
+}
+
+/* Out of fds or memory: the connection stays in the kernel's queue and the
+ * socket stays readable, so the loop would call on_accept again at once,
+ * round and round. Stop listening for a tenth of a second instead. */
+static void pause_accept(worker *w)
+{
+    if (!w->accept_timer) /* made here: timers are made on the loop thread */
+        w->accept_timer = spindle_timer_new(w->ctx, SPINDLE_CLOCK_MONOTONIC, resume_accept, w);
+    if (!w->accept_timer)
+        return;
+    spindle_set_fd_interest(w->ctx, w->listen_fd, false, false);
+    spindle_timer_mod(w->accept_timer, spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) + 100000000);
+}
+
 /* The listening socket is readable: take every connection waiting. */
 static void on_accept(void *opaque)
 {
@@ -109,6 +130,8 @@ static void on_accept(void *opaque)
         c->interest = HTTP_WANT_READ | HTTP_WANT_WRITE;
         conn_want(c, HTTP_WANT_READ);
     }
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+        pause_accept(w);
 }
 
 static int signal_fd;

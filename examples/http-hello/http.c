@@ -215,6 +215,7 @@ http_conn *http_accept(int listen_fd)
     http_conn *c = malloc(sizeof *c);
     if (!c) {
         close(fd);
+        errno = ENOMEM;
         return NULL;
     }
     c->fd = fd;

@@ -54,8 +54,8 @@ typedef struct http_opts {
 bool http_parse_args(int argc, char **argv, const char *name, http_opts *o);
 
 /* Accept one pending connection on listen_fd: a new http_conn (fd
- * non-blocking, close-on-exec, TCP_NODELAY), or NULL when none is waiting
- * (or on an error, which leaves the listener to try again later). */
+ * non-blocking, close-on-exec, TCP_NODELAY), or NULL with errno set: EAGAIN
+ * when none is waiting, EMFILE when out of fds, ... */
 http_conn *http_accept(int listen_fd);
 /* Close the socket and free c. */
 void http_conn_free(http_conn *c);

@@ -106,6 +106,13 @@ void worker_bufs_free(worker *w)
 static server srv;
 static int listen_fd = -1, signal_fd = -1;
 static int next_worker;
+static spindle_timer *accept_timer; /* resumes accepting after EMFILE */
+
+static void resume_accept(void *opaque)
+{
+    if (listen_fd >= 0)
+        spindle_set_fd_interest(srv.main_ctx, listen_fd, true, false);
+}
 
 static void on_accept(void *opaque)
 {
@@ -114,10 +121,16 @@ static void on_accept(void *opaque)
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
-            /* EAGAIN: all taken. EMFILE and friends: the connection stays
-             * in the backlog and the fd stays readable; the loop calls us
-             * again, and we try again once an fd has been freed. */
-            return;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of fds or memory: the connection stays in the
+                 * kernel's queue and the socket stays readable, so the
+                 * loop would call us again at once, round and round.
+                 * Stop listening for a tenth of a second instead. */
+                spindle_set_fd_interest(srv.main_ctx, listen_fd, false, false);
+                spindle_timer_mod(accept_timer,
+                                  spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) + 100000000);
+            }
+            return; /* EAGAIN: all taken */
         }
         /* Replies are small and latency matters: no Nagle delay. */
         int one = 1;
@@ -269,7 +282,9 @@ int main(int argc, char **argv)
         }
     }
     srv.workers_running = srv.n_workers;
-    if (spindle_set_fd_handler(srv.main_ctx, listen_fd, false, on_accept, NULL, NULL, NULL) ||
+    accept_timer = spindle_timer_new(srv.main_ctx, SPINDLE_CLOCK_MONOTONIC, resume_accept, NULL);
+    if (!accept_timer ||
+        spindle_set_fd_handler(srv.main_ctx, listen_fd, false, on_accept, NULL, NULL, NULL) ||
         spindle_set_fd_handler(srv.main_ctx, signal_fd, false, on_signal, NULL, NULL, NULL)) {
         fprintf(stderr, "nbd-server: cannot register the listening socket\n");
         return 1;

@@ -10,7 +10,7 @@ set -euo pipefail
 
 server=$1
 . "$(dirname "$0")/server-lib.sh"
-need curl socat
+need curl socat python3 prlimit
 
 # raw BYTES: send BYTES on one connection, half-close, print all the answer.
 raw() {
@@ -86,6 +86,9 @@ checks() {
 
 start_server "$server" -t 2
 checks
+check_out_of_fds
+[ "$(curl -sS "http://127.0.0.1:$port/")" = "Hello, world!" ] || fail "no service after the fd limit was raised"
+ok "...and serving again once fds are free"
 stop_server
 start_server "$server" -w
 checks

@@ -66,3 +66,35 @@ stop_server() {
     [ "$rc" -eq 0 ] || fail "exit status $rc after SIGTERM"
     ok "no fd leaked ($fds_at_start fds), SIGTERM: exit 0"
 }
+
+# check_out_of_fds: lower the server's fd limit to what it has open plus
+# two, and hold six connections open: the ones it cannot accept wait in
+# the kernel's queue and keep the listening socket readable, and the server
+# must not spin on them (well under half a CPU second in a second). Then
+# the limit goes back up and the connections close; the caller checks that
+# the server serves again.
+check_out_of_fds() {
+    local i c0 c1 ticks holder
+    prlimit --pid "$srv_pid" --nofile=$((fds_at_start + 2)):
+    python3 - "$port" >"$tmp/fds.out" <<'PY' &
+import socket, sys, time
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(6)]
+print("connected", flush=True)
+time.sleep(3)
+PY
+    holder=$!
+    for i in $(seq 200); do
+        grep -q connected "$tmp/fds.out" && break
+        sleep 0.05
+    done
+    grep -q connected "$tmp/fds.out" || fail "could not open 6 connections"
+    c0=$(awk '{ print $14 + $15 }' "/proc/$srv_pid/stat")
+    sleep 1
+    c1=$(awk '{ print $14 + $15 }' "/proc/$srv_pid/stat")
+    ticks=$(getconf CLK_TCK)
+    [ $((c1 - c0)) -lt $((ticks / 2)) ] ||
+        fail "out of fds: the server used $((c1 - c0)) of $ticks CPU ticks in a second"
+    ok "out of fds: no busy loop ($((c1 - c0)) CPU ticks of $ticks in a second)"
+    wait "$holder"
+    prlimit --pid "$srv_pid" --nofile=1024:
+}
