@@ -247,7 +247,17 @@ int main(int argc, char **argv)
         perror("shm-ring: mmap");
         return 1;
     }
-    printf("shm-ring: %ld messages, one every %ld us\n", count, interval_us);
+    double load = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &load) != 1)
+            load = -1;
+        fclose(f);
+    }
+    /* Busy polling pays when there is a CPU to spin on: on a loaded
+     * machine the spinning consumer and producer wait for time slices. */
+    printf("shm-ring: %ld messages, one every %ld us (load average %.2f on %ld CPUs)\n", count,
+           interval_us, load, sysconf(_SC_NPROCESSORS_ONLN));
     printf("            latency us (p50, p99)   kicks                              "
            "sleeps  cpu ns/msg\n");
     bool ok = true;
