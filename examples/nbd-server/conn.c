@@ -41,6 +41,7 @@ void conn_put(conn *c)
     if (--c->refs > 0)
         return;
     worker *w = c->w;
+    spindle_bh_delete(c->flush_bh); /* a scheduled one never runs */
     free(c->in);
     free(c);
     if (--w->n_conns == 0 && w->stopping)
@@ -171,6 +172,30 @@ void conn_kick(conn *c)
     if (!conn_flush(c))
         return;
     conn_process(c);
+}
+
+/* A completion queued a reply (outside conn_process, which sends what it
+ * queues itself). The first reply of an iteration goes out at once: a lone
+ * request, as at queue depth 1, waits for nothing. Replies that complete
+ * after it in the same iteration (an io_uring batch reaped together) wait
+ * for flush_bh, a bottom half that runs early in the next iteration and
+ * sends them all with one sendmsg. */
+void conn_reply_ready(conn *c)
+{
+    if (c->processing || c->fd < 0 || c->flush_scheduled)
+        return;
+    c->flush_scheduled = true;
+    spindle_bh_schedule(c->flush_bh);
+    conn_kick(c);
+}
+
+static void on_flush(void *opaque)
+{
+    conn *c = opaque;
+    c->flush_scheduled = false;
+    c->refs++;
+    conn_kick(c);
+    conn_put(c);
 }
 
 /* ------------------------------------------------------------------------
@@ -394,7 +419,9 @@ static void conn_start(void *opaque)
     /* The greeting: magic, "IHAVEOPT", handshake flags. */
     c->refs++;
     uint8_t *p = NULL;
-    if (spindle_set_fd_handler(w->ctx, c->fd, false, on_readable, on_writable, NULL, c) != 0)
+    c->flush_bh = spindle_bh_new(w->ctx, on_flush, c);
+    if (!c->flush_bh ||
+        spindle_set_fd_handler(w->ctx, c->fd, false, on_readable, on_writable, NULL, c) != 0)
         conn_close(c); /* out of memory */
     else
         p = conn_queue_bytes(c, 18);

@@ -56,6 +56,8 @@ struct conn {
     bool shutdown;     /* server stopping: close once no I/O is in flight */
     bool processing;   /* inside conn_process: completions only queue */
     bool reg_read, reg_write; /* what is registered with the loop */
+    bool flush_scheduled; /* flush_bh will send the replies queued */
+    spindle_bh *flush_bh;
     int inflight;      /* requests whose I/O has not completed */
     size_t buf_bytes;  /* data buffers of requests not yet answered */
     /* Input: bytes in[pos, len) not parsed yet; a WRITE whose payload is
@@ -112,6 +114,7 @@ void conn_put(conn *c);                   /* drop a reference */
 void conn_close(conn *c);                 /* close the socket now (see conn.c) */
 void conn_queue(conn *c, out_item *o);    /* queue o for sending */
 void conn_kick(conn *c);                  /* send, read on or close, as due */
+void conn_reply_ready(conn *c);           /* a completion queued a reply */
 uint8_t *conn_queue_bytes(conn *c, uint32_t len); /* queue len zeroed bytes to fill */
 
 /* handshake.c: one option, its data complete in d; a reply to opt of a

@@ -114,7 +114,7 @@ static void req_io_done(disk_io *io, int ret)
         return;
     }
     req_reply(r, nbd_error(ret));
-    conn_kick(c);
+    conn_reply_ready(c);
     conn_put(c);
 }
 
