@@ -14,10 +14,10 @@
  * loop differs, so `make bench` can compare the loops.
  *
  * How it uses spindle:
- * - Each of the THREADS loop threads runs a context (spindle_ctx) of its
- *   own, with a listening socket of its own: all of them listen on the
- *   same port (SO_REUSEPORT) and the kernel spreads new connections over
- *   them. A connection stays on the thread that accepted it, so nothing is
+ * - THREADS loop threads (spindle_thread_new(): a thread running a context
+ *   of its own until spindle_thread_free()), each with a listening socket
+ *   of its own: all of them listen on the same port (SO_REUSEPORT) and the
+ *   kernel spreads new connections over them. A connection stays on the thread that accepted it, so nothing is
  *   shared and nothing is locked.
  * - Every socket is an fd handler: spindle_set_fd_handler(ctx, fd, ...,
  *   io_read, io_write, io_poll, opaque) calls io_read when the socket is
@@ -42,11 +42,10 @@
 #include <spindle.h>
 
 #include "../common.h"
-#include "../loop-thread.h"
 #include "http.h"
 
 typedef struct worker {
-    loop_thread *thread;
+    spindle_thread *thread;
     spindle_ctx *ctx;
     int listen_fd;
     http_conn *conns; /* this thread's connections */
@@ -162,12 +161,12 @@ int main(int argc, char **argv)
     for (int i = 0; i < o.threads; i++) {
         worker *w = &workers[i];
         w->listen_fd = example_listen(port, true, &port); /* the same port for all */
-        w->thread = w->listen_fd >= 0 ? loop_thread_new(NULL) : NULL;
+        w->thread = w->listen_fd >= 0 ? spindle_thread_new(NULL) : NULL;
         if (!w->thread) {
             fprintf(stderr, "http-hello: cannot listen on port %d or start a thread\n", port);
             return 1;
         }
-        w->ctx = loop_thread_ctx(w->thread);
+        w->ctx = spindle_thread_ctx(w->thread);
         /* spindle_set_fd_handler may be called from any thread: the loop
          * thread picks the new handler up at its next iteration. */
         if (spindle_set_fd_handler(w->ctx, w->listen_fd, false, on_accept, NULL, NULL, w)) {
@@ -183,7 +182,7 @@ int main(int argc, char **argv)
 
     for (int i = 0; i < o.threads; i++) {
         worker *w = &workers[i];
-        loop_thread_free(w->thread); /* stops the thread, frees its context */
+        spindle_thread_free(w->thread); /* stops the thread, frees its context */
         close(w->listen_fd);
         while (w->conns) { /* the loop has stopped: no callback runs any more */
             http_conn *c = w->conns;

@@ -14,7 +14,8 @@
  * How it uses spindle (the files beside this one do the protocol):
  * - The main thread runs one context (spindle_ctx) with two fd handlers:
  *   the listening socket and a signalfd for SIGINT/SIGTERM.
- * - THREADS loop threads ("workers") each run a context of their own.
+ * - THREADS loop threads ("workers", spindle_thread_new(): a thread that
+ *   runs a context of its own until spindle_thread_free() stops it).
  *   Every accepted connection goes to the next worker, round robin, through
  *   spindle_bh_oneshot(): a call that may be made from any thread and runs
  *   a function on the target loop's thread. From then on the connection
@@ -42,7 +43,6 @@
 #include <spindle.h>
 
 #include "../common.h"
-#include "../loop-thread.h"
 #include "server.h"
 
 /* ------------------------------------------------------------------------
@@ -240,7 +240,8 @@ int main(int argc, char **argv)
     if ((optind == argc) == !mem_size || argc - optind > 1)
         usage();
 
-    /* Signals first: the loop threads started below inherit the mask. */
+    /* Signals first: SIGINT and SIGTERM are read from a signalfd by the
+     * main loop (loop threads block every signal). */
     signal_fd = example_signalfd();
     int r = mem_size ? disk_open_memory(&srv.disk, mem_size, readonly)
                      : disk_open_file(&srv.disk, argv[optind], readonly, direct);
@@ -267,13 +268,13 @@ int main(int argc, char **argv)
         worker *w = &srv.workers[i];
         w->srv = &srv;
         w->index = i;
-        loop_thread *t = loop_thread_new(NULL);
+        spindle_thread *t = spindle_thread_new(NULL);
         if (!t) {
             fprintf(stderr, "nbd-server: cannot start a loop thread\n");
             return 1;
         }
         w->thread = t;
-        w->ctx = loop_thread_ctx(t);
+        w->ctx = spindle_thread_ctx(t);
         r = disk_engine_init(&w->eng, &srv.disk, w->ctx, srv.engine);
         if (r < 0) {
             fprintf(stderr, "nbd-server: engine '%s' not available\n",
@@ -301,7 +302,7 @@ int main(int argc, char **argv)
         spindle_poll(srv.main_ctx, true);
 
     for (int i = 0; i < srv.n_workers; i++) {
-        loop_thread_free(srv.workers[i].thread);
+        spindle_thread_free(srv.workers[i].thread);
         worker_bufs_free(&srv.workers[i]);
     }
     spindle_set_fd_handler(srv.main_ctx, signal_fd, false, NULL, NULL, NULL, NULL);

@@ -35,7 +35,7 @@ struct worker {
     server *srv;
     int index;
     spindle_ctx *ctx;
-    void *thread;        /* the loop thread running ctx */
+    spindle_thread *thread; /* the loop thread running ctx */
     disk_engine eng;
     conn *conns;         /* open connections */
     int n_conns;         /* connections not yet freed */
