@@ -171,8 +171,29 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: nbd-server [-p PORT] [-t THREADS] [-r] [--direct] "
-            "[--engine auto|uring|pool|sync] (FILE | --memory SIZE[K|M|G])\n");
+            "[--engine auto|uring|pool|sync] (FILE | --memory SIZE[K|M|G])\n"
+            "       nbd-server --engines   (the disk engines this machine offers)\n");
     exit(2);
+}
+
+/* --engines: which engines a loop thread's context gets here. */
+static int list_engines(void)
+{
+    spindle_ctx *ctx = spindle_ctx_new();
+    disk d = {.fd = -1};
+    disk_engine e;
+    if (!ctx)
+        return 1;
+    const char *sep = "";
+    for (int k = ENGINE_URING; k <= ENGINE_SYNC; k++)
+        if (disk_engine_init(&e, &d, ctx, k) == 0) {
+            printf("%s%s", sep, disk_engine_name(k));
+            sep = " ";
+        }
+    disk_engine_init(&e, &d, ctx, ENGINE_AUTO);
+    printf("\nauto: %s\n", disk_engine_name(e.kind));
+    spindle_ctx_free(ctx);
+    return 0;
 }
 
 static bool parse_size(const char *s, uint64_t *out)
@@ -194,6 +215,7 @@ int main(int argc, char **argv)
         {"memory", required_argument, NULL, 'm'},
         {"direct", no_argument, NULL, 'd'},
         {"engine", required_argument, NULL, 'e'},
+        {"engines", no_argument, NULL, 'E'},
         {NULL, 0, NULL, 0},
     };
     long port = 0, threads = 1;
@@ -224,6 +246,8 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'E':
+            return list_engines();
         case 'e': {
             int k = 0;
             while (k <= ENGINE_SYNC && strcmp(optarg, disk_engine_name(k)))
@@ -291,10 +315,11 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("listening on 127.0.0.1:%d\n", bound_port);
-    fprintf(stderr, "nbd-server: %s, %llu bytes%s, %d loop thread%s, %s engine\n",
+    fprintf(stderr, "nbd-server: %s, %llu bytes%s, %d loop thread%s, disk engine: %s\n",
             srv.disk.name, (unsigned long long)srv.disk.size, readonly ? ", read-only" : "",
             srv.n_workers, srv.n_workers > 1 ? "s" : "",
-            disk_engine_name(srv.workers[0].eng.kind));
+            srv.disk.mem ? "no (memory is copied inline)"
+                         : disk_engine_name(srv.workers[0].eng.kind));
     fflush(stdout);
 
     /* Serve until a signal has stopped every worker. */

@@ -69,39 +69,47 @@ nbdcopy "$uri" "$tmp/out.img"
 ok "nbdcopy out: checksum matches"
 rm -f "$tmp/out.img"
 
-# 2. Pattern writes at random offsets (aligned or not, some with FUA), read
-# back with pattern checks, and mirrored into the local copy.
+# data_checks MIRROR SLOTS: on the export at $uri, whose content MIRROR
+# holds: pattern writes at random offsets (aligned or not, some with FUA),
+# one in each of SLOTS 4 MiB slots, read back with pattern checks; trim and
+# write zeroes, read back as zeroes, a trimmed range reported as a hole; the
+# whole export copied out and compared with MIRROR, into which each write
+# was mirrored.
+data_checks() {
+    local img=$1 slots=$2 i off len byte fua writes=() reads=()
+    for i in $(seq 0 $((slots - 1))); do
+        off=$((i * 4 * MiB + RANDOM * 64 % (3 * MiB)))
+        len=$((1 + RANDOM * 37 % (700 * 1024)))
+        byte=$((i * 37 % 255 + 1))
+        fua=$([ $((i % 4)) -eq 0 ] && echo -f || true)
+        writes+=(-c "write -q $fua -P $byte $off $len")
+        reads+=(-c "read -q -P $byte $off $len")
+        mirror "$img" "$off" "$len" "$byte"
+    done
+    qemu-io -f raw "${writes[@]}" "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io writes: $(cat "$tmp/qemu-io.out")"
+    qemu-io -f raw "${reads[@]}" "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io reads: $(cat "$tmp/qemu-io.out")"
+    [ ! -s "$tmp/qemu-io.out" ] || fail "qemu-io pattern check (seed $seed): $(head "$tmp/qemu-io.out")"
+    ok "qemu-io: $slots pattern writes at random offsets read back (seed $seed)"
+
+    qemu-io -f raw -c "discard -q $((4 * MiB)) $((8 * MiB))" -c "read -q -P 0 $((4 * MiB)) $((8 * MiB))" \
+        -c "write -q -z $((20 * MiB + 3)) $((3 * MiB))" -c "read -q -P 0 $((20 * MiB + 3)) $((3 * MiB))" \
+        -c "write -q -z -u $((30 * MiB)) $((2 * MiB))" -c "read -q -P 0 $((30 * MiB)) $((2 * MiB))" \
+        "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io trim/zero: $(cat "$tmp/qemu-io.out")"
+    [ ! -s "$tmp/qemu-io.out" ] || fail "trim/zero read back: $(cat "$tmp/qemu-io.out")"
+    mirror "$img" $((4 * MiB)) $((8 * MiB)) 0
+    mirror "$img" $((20 * MiB + 3)) $((3 * MiB)) 0
+    mirror "$img" $((30 * MiB)) $((2 * MiB)) 0
+    ok "qemu-io: trim, write zeroes (with and without unmap) read back as zeroes"
+    nbdinfo --map "$uri" | awk -v at=$((4 * MiB)) '$1 == at && /hole/ { found = 1 } END { exit !found }' ||
+        fail "block status: no hole at the trimmed range: $(nbdinfo --map "$uri")"
+    ok "nbdinfo --map: the trimmed range is a hole"
+    same_as_export "$img" "...and the whole export equals the mirrored image"
+}
+
+# 2. and 3.: pattern writes, trim, write zeroes.
 seed=${NBD_TEST_SEED:-$$}
 RANDOM=$seed
-writes=() reads=()
-for i in $(seq 0 63); do
-    off=$((i * 4 * MiB + RANDOM * 64 % (3 * MiB)))
-    len=$((1 + RANDOM * 37 % (700 * 1024)))
-    byte=$((i * 37 % 255 + 1))
-    fua=$([ $((i % 4)) -eq 0 ] && echo -f || true)
-    writes+=(-c "write -q $fua -P $byte $off $len")
-    reads+=(-c "read -q -P $byte $off $len")
-    mirror "$tmp/src.img" "$off" "$len" "$byte"
-done
-qemu-io -f raw "${writes[@]}" "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io writes: $(cat "$tmp/qemu-io.out")"
-qemu-io -f raw "${reads[@]}" "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io reads: $(cat "$tmp/qemu-io.out")"
-[ ! -s "$tmp/qemu-io.out" ] || fail "qemu-io pattern check (seed $seed): $(head "$tmp/qemu-io.out")"
-ok "qemu-io: 64 pattern writes at random offsets read back (seed $seed)"
-same_as_export "$tmp/src.img" "...and the whole export equals the mirrored image"
-
-# 3. Trim and write zeroes read back as zeroes; a trimmed range is a hole.
-qemu-io -f raw -c "discard $((4 * MiB)) $((8 * MiB))" -c "read -q -P 0 $((4 * MiB)) $((8 * MiB))" \
-    -c "write -q -z $((20 * MiB + 3)) $((3 * MiB))" -c "read -q -P 0 $((20 * MiB + 3)) $((3 * MiB))" \
-    -c "write -q -z -u $((30 * MiB)) $((2 * MiB))" -c "read -q -P 0 $((30 * MiB)) $((2 * MiB))" \
-    "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io trim/zero: $(cat "$tmp/qemu-io.out")"
-grep -q 'verification failed' "$tmp/qemu-io.out" && fail "trim/zero read back: $(cat "$tmp/qemu-io.out")"
-mirror "$tmp/src.img" $((4 * MiB)) $((8 * MiB)) 0
-mirror "$tmp/src.img" $((20 * MiB + 3)) $((3 * MiB)) 0
-mirror "$tmp/src.img" $((30 * MiB)) $((2 * MiB)) 0
-ok "qemu-io: trim, write zeroes (with and without unmap) read back as zeroes"
-nbdinfo --map "$uri" | awk -v at=$((4 * MiB)) '$1 == at && /hole/ { found = 1 } END { exit !found }' ||
-    fail "block status: no hole at the trimmed range: $(nbdinfo --map "$uri")"
-ok "nbdinfo --map: the trimmed range is a hole"
+data_checks "$tmp/src.img" 64
 
 # 4. Four clients at once, each writing and checking its own 16 MiB with its
 # own pattern; then the whole export is checked.
@@ -120,6 +128,16 @@ done
 ok "4 qemu-io clients at once, each read its own writes back"
 same_as_export "$tmp/src.img" "...and the whole export equals the mirrored image"
 stop_server
+
+# 4b. Every disk engine this machine offers (AUTO was the one above): the
+# same checks on a 48 MiB file.
+for engine in $("$server" --engines | head -1); do
+    head -c $((48 * MiB)) /dev/urandom >"$tmp/engine.img"
+    cp "$tmp/engine.img" "$tmp/engine.mirror"
+    start_server "$server" --engine "$engine" "$tmp/engine.img"
+    data_checks "$tmp/engine.mirror" 12
+    stop_server
+done
 
 # 5. Bad requests, broken and vanishing clients (nbd-raw.py): error replies
 # or a clean close, the export unchanged, the server still serving.
