@@ -109,7 +109,7 @@ static void pause_accept(worker *w)
     if (!w->accept_timer)
         return;
     spindle_set_fd_interest(w->ctx, w->listen_fd, false, false);
-    spindle_timer_mod(w->accept_timer, spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) + 100000000);
+    spindle_timer_mod_in(w->accept_timer, 100000000); /* 0.1 s from now */
 }
 
 /* The listening socket is readable: take every connection waiting. */

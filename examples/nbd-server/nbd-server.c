@@ -127,8 +127,7 @@ static void on_accept(void *opaque)
                  * loop would call us again at once, round and round.
                  * Stop listening for a tenth of a second instead. */
                 spindle_set_fd_interest(srv.main_ctx, listen_fd, false, false);
-                spindle_timer_mod(accept_timer,
-                                  spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) + 100000000);
+                spindle_timer_mod_in(accept_timer, 100000000); /* 0.1 s from now */
             }
             return; /* EAGAIN: all taken */
         }
