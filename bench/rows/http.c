@@ -6,13 +6,14 @@
  * - write-toggle: requests/s with 50 connections when every answer goes
  *   out from the write handler, write interest turned on and off for each
  *   request (http-hello -w): what changing interest costs, on spindle's
- *   epoll and ppoll back-ends (spindle_set_fd_interest) and on libev and
- *   libuv.
+ *   back-ends (spindle_set_fd_interest) and on libev and libuv.
  *
  * Each wrk run lasts a second; the machine runs wrk and the server on the
  * same CPUs, so compare lines within one run.
  * SPDX-License-Identifier: MIT */
 #include <string.h>
+
+#include <spindle.h>
 
 #include "rows.h"
 
@@ -22,6 +23,8 @@ typedef struct http_impl {
     const char *path, *env;
 } http_impl;
 
+/* "spindle" is the default back-end (AUTO: io_uring where the kernel
+ * allows it; its note says which). */
 static const http_impl main_impls[] = {
     {"spindle", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL},
     {"spindle epoll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=epoll"},
@@ -30,11 +33,24 @@ static const http_impl main_impls[] = {
 };
 
 static const http_impl toggle_impls[] = {
+    {"spindle", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL},
     {"spindle epoll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=epoll"},
     {"spindle poll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=poll"},
     {"libuv", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libuv", NULL},
     {"libev", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libev", NULL},
 };
+
+/* The back-end an AUTO context gets here, for the note of "spindle". */
+static const char *auto_note(const http_impl *im)
+{
+    static char note[64];
+    if (im->env)
+        return NULL;
+    spindle_ctx *ctx = spindle_ctx_new();
+    snprintf(note, sizeof note, "AUTO: %s", ctx ? spindle_backend_name(ctx) : "?");
+    spindle_ctx_free(ctx);
+    return im->kind == KIND_SPINDLE ? note : NULL;
+}
 
 typedef struct wrk_result {
     double rps, p50_ns, p99_ns;
@@ -95,14 +111,14 @@ void row_http(void)
         wrk(port, 50); /* warm-up, untimed */
         for (int r = 0; r < reps; r++)
             a[r] = wrk(port, 50).rps;
-        result_add("http", "50 conns", "req/s", im->label, im->kind, a, reps, NULL);
+        result_add("http", "50 conns", "req/s", im->label, im->kind, a, reps, auto_note(im));
         for (int r = 0; r < reps; r++) {
             wrk_result w = wrk(port, 1);
             a[r] = w.p50_ns;
             b[r] = w.p99_ns;
         }
-        result_add("http", "1 conn", "p50 ns", im->label, im->kind, a, reps, NULL);
-        result_add("http", "1 conn", "p99 ns", im->label, im->kind, b, reps, NULL);
+        result_add("http", "1 conn", "p50 ns", im->label, im->kind, a, reps, auto_note(im));
+        result_add("http", "1 conn", "p99 ns", im->label, im->kind, b, reps, auto_note(im));
         server_stop(pid);
     }
     for (size_t k = 0; k < sizeof toggle_impls / sizeof toggle_impls[0]; k++) {
@@ -112,7 +128,8 @@ void row_http(void)
         pid_t pid = start(im, true, &port);
         for (int r = 0; r < reps; r++)
             a[r] = wrk(port, 50).rps;
-        result_add("http write-toggle", "50 conns", "req/s", im->label, im->kind, a, reps, NULL);
+        result_add("http write-toggle", "50 conns", "req/s", im->label, im->kind, a, reps,
+                   auto_note(im));
         server_stop(pid);
     }
 }

@@ -10,8 +10,8 @@
  * - nbdcopy out (export to null:) and in (a 1 GiB file to the export, with
  *   a flush at the end), MB/s.
  *
- * Configurations: nbd-server on the page cache and with --direct
- * (O_DIRECT for aligned requests); qemu-nbd with --aio=io_uring and with
+ * Configurations: nbd-server on the page cache (on its default back-end,
+ * and on epoll) and with --direct (O_DIRECT for aligned requests); qemu-nbd with --aio=io_uring and with
  * --aio=native (both --cache=none, i.e. O_DIRECT) and with its defaults
  * (a thread pool on the page cache); nbdkit file (threads, page cache).
  * Compare page cache with page cache and O_DIRECT with O_DIRECT: each line
@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libnbd.h>
+#include <spindle.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -34,15 +35,20 @@ typedef struct nbd_impl {
     int kind;
     bool direct; /* serves with O_DIRECT */
     const char *tool;
+    const char *env; /* for nbd-server: its loops' back-end */
 } nbd_impl;
 
+/* nbd-server on its default back-end (AUTO: io_uring where the kernel
+ * allows it, with the io_uring disk engine) and on epoll (thread-pool
+ * engine); the note says which. */
 static const nbd_impl impls[] = {
-    {"nbd-server", KIND_SPINDLE, false, NBD_SERVER_PATH},
-    {"nbd-server --direct", KIND_SPINDLE, true, NBD_SERVER_PATH},
-    {"qemu-nbd io_uring,none", KIND_PEER, true, "qemu-nbd"},
-    {"qemu-nbd native,none", KIND_PEER, true, "qemu-nbd"},
-    {"qemu-nbd defaults", KIND_PEER, false, "qemu-nbd"},
-    {"nbdkit file", KIND_PEER, false, "nbdkit"},
+    {"nbd-server", KIND_SPINDLE, false, NBD_SERVER_PATH, NULL},
+    {"nbd-server epoll", KIND_SPINDLE, false, NBD_SERVER_PATH, "SPINDLE_BACKEND=epoll"},
+    {"nbd-server --direct", KIND_SPINDLE, true, NBD_SERVER_PATH, NULL},
+    {"qemu-nbd io_uring,none", KIND_PEER, true, "qemu-nbd", NULL},
+    {"qemu-nbd native,none", KIND_PEER, true, "qemu-nbd", NULL},
+    {"qemu-nbd defaults", KIND_PEER, false, "qemu-nbd", NULL},
+    {"nbdkit file", KIND_PEER, false, "nbdkit", NULL},
 };
 #define N_IMPLS (int)(sizeof impls / sizeof impls[0])
 
@@ -222,6 +228,18 @@ static double nbdcopy(int port, bool in)
 
 /* ------------------------------------------------------------------------ */
 
+/* What AUTO gives here, for the notes of nbd-server's default lines. */
+static const char *auto_backend(void)
+{
+    static char b[48];
+    spindle_ctx *ctx = spindle_ctx_new();
+    bool uring = ctx && !strcmp(spindle_backend_name(ctx), "io_uring");
+    snprintf(b, sizeof b, ", AUTO: %s", uring ? "io_uring, io_uring engine"
+                                              : "epoll, pool engine");
+    spindle_ctx_free(ctx);
+    return b;
+}
+
 static void run_impl(int k)
 {
     const nbd_impl *im = &impls[k];
@@ -230,9 +248,12 @@ static void run_impl(int k)
     char *argv[24], portbuf[16], log[600];
     server_argv(k, port, argv, portbuf);
     snprintf(log, sizeof log, "%s/nbd-server.log", cfg.out_dir);
-    pid_t pid = proc_start(argv, NULL, log);
+    pid_t pid = proc_start(argv, im->env, log);
     server_wait_port(pid, port, log);
-    const char *note = im->direct ? "O_DIRECT" : "page cache";
+    char note[96];
+    snprintf(note, sizeof note, "%s%s", im->direct ? "O_DIRECT" : "page cache",
+             im->kind != KIND_SPINDLE ? ""
+             : im->env ? ", pool engine" : auto_backend());
 
     struct nbd_handle *h = client_connect(port);
     double a[64], b[64];
