@@ -56,8 +56,11 @@ void conn_close(conn *c)
     if (c->fd < 0)
         return;
     /* Removing the handler before close(): the loop must never watch an fd
-     * number that may be reused by the next accept. */
+     * number that may be reused by the next accept. shutdown() tells the
+     * client at once, even if something in the kernel still holds the
+     * socket for a moment after close() (a request on an io_uring). */
     spindle_set_fd_handler(c->w->ctx, c->fd, false, NULL, NULL, NULL, NULL);
+    shutdown(c->fd, SHUT_RDWR);
     close(c->fd);
     c->fd = -1;
     while (c->out_head) {

@@ -16,6 +16,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/server-lib.sh"
 need nbdinfo nbdcopy qemu-img qemu-io python3 sha256sum prlimit
 
+# Every client runs under a timeout: a hang fails the test at once, with
+# the state of the server's sockets, rather than at meson's timeout.
+client() {
+    local rc=0
+    timeout 120 "$@" || rc=$?
+    [ "$rc" -ne 124 ] || fail "$1 did not finish in 120 s; sockets: $(ss -tan | grep ":$port " | tr -s ' ')"
+    return "$rc"
+}
+for tool in nbdinfo nbdcopy qemu-img qemu-io; do
+    eval "$tool() { client $tool \"\$@\"; }"
+done
+
 # Before the fd count: block status queries (served by the thread pool
 # where there is one) on four connections, which reach every loop thread
 # (connections go to them in turn; the tests use at most two).

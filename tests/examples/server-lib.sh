@@ -14,9 +14,16 @@ need() {
     done
 }
 
+# A command that fails outside an explicit check says so before the script
+# exits (set -e), instead of ending the test without a word.
+set -E
+trap 'echo "FAIL: line $LINENO: $BASH_COMMAND (status $?)"' ERR
+
 tmp=$(mktemp -d)
 srv_pid=
 cleanup() {
+    local st=$?
+    [ "$st" -eq 0 ] || [ "$st" -eq 77 ] || echo "(exit status $st)"
     if [ -n "$srv_pid" ]; then
         kill -9 "$srv_pid" 2>/dev/null || true
         wait "$srv_pid" 2>/dev/null || true
@@ -76,7 +83,7 @@ stop_server() {
 check_out_of_fds() {
     local i c0 c1 ticks holder
     prlimit --pid "$srv_pid" --nofile=$((fds_at_start + 2)):
-    python3 - "$port" >"$tmp/fds.out" <<'PY' &
+    python3 - "$port" >"$tmp/fds.out" 2>&1 <<'PY' &
 import socket, sys, time
 held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(6)]
 print("connected", flush=True)
@@ -95,6 +102,6 @@ PY
     [ $((c1 - c0)) -lt $((ticks / 2)) ] ||
         fail "out of fds: the server used $((c1 - c0)) of $ticks CPU ticks in a second"
     ok "out of fds: no busy loop ($((c1 - c0)) CPU ticks of $ticks in a second)"
-    wait "$holder"
-    prlimit --pid "$srv_pid" --nofile=1024:
+    wait "$holder" || fail "the connections' holder failed: $(cat "$tmp/fds.out")"
+    prlimit --pid "$srv_pid" --nofile=1024: || fail "prlimit: could not raise the limit again"
 }
