@@ -585,6 +585,24 @@ static bool consume(spindle_ctx *ctx, sp_uring *u, bool call)
     return progress;
 }
 
+/* Name the handlers whose fd completions are pending to step 5, which
+ * adapts their polling windows (polling-windows.c): the completions
+ * themselves are consumed only in step 6. A record named by a CQE outlives
+ * it (see the top of the file), so the peek reads valid memory. */
+static void note_events(spindle_ctx *ctx, sp_uring *u)
+{
+    struct io_uring_cq *cq = &u->ring.cq;
+    unsigned end = io_uring_smp_load_acquire(cq->ktail);
+    for (unsigned head = *cq->khead; (int)(end - head) > 0; head++) {
+        const struct io_uring_cqe *c = &cq->cqes[head & cq->ring_mask];
+        if ((c->user_data & SP_RING_TAG_MASK) == SP_RING_TAG_POLL &&
+            c->res > 0) {
+            sp_polling_note(ctx, (sp_handler *)(uintptr_t)(
+                                     c->user_data & ~(uint64_t)SP_RING_TAG_MASK));
+        }
+    }
+}
+
 /* ---- the monitor's ops */
 
 static void ring_wait(spindle_ctx *ctx, int64_t timeout_ns)
@@ -606,6 +624,7 @@ static void ring_wait(spindle_ctx *ctx, int64_t timeout_ns)
             break;
         }
     }
+    note_events(ctx, u);
 }
 
 static bool ring_need_wait(spindle_ctx *ctx)
@@ -638,6 +657,7 @@ static bool ring_poll(spindle_ctx *ctx)
         ring_enter(ctx, u, false, NULL);
     }
     if (cq_ready(u)) {
+        note_events(ctx, u);
         return true;
     }
     return u->nrecheck && ++u->rounds % RECHECK_STRIDE == 0 &&
