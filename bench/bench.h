@@ -64,6 +64,8 @@ void *bench_alloc(size_t size);
 void bench_free(void *p);
 bool impl_wanted(const char *label);
 void pin_thread(int idx);
+void pin_thread_always(int idx);
+void unpin_thread(void);
 extern size_t bench_alloc_bytes; /* chunk bytes currently held */
 
 /* Results: one call per cell, lower is better for every metric.
