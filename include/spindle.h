@@ -262,6 +262,10 @@ typedef struct spindle_stats {
     /* System calls the back-end made on the loop thread: waits,
      * submissions, io_uring's re-checks. */
     uint64_t monitor_syscalls;
+    /* Stretches of a spin in which the loop's thread was seen not running
+     * (preempted, or its vCPU was): that time is not counted as waiting
+     * when the windows adapt (spindle_set_poll_params). */
+    uint64_t poll_stalls;
 } spindle_stats;
 
 /* Copy the counters into *out. 0, or -EINVAL if ctx or out is NULL. */

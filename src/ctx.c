@@ -307,6 +307,7 @@ int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out)
         .interest_updates = SP_STAT_READ(interest_updates),
         .unpolled_handlers = (uint64_t)SP_STAT_READ(poll_disable_cnt),
         .monitor_syscalls = SP_STAT_READ(monitor_syscalls),
+        .poll_stalls = SP_STAT_READ(poll_stalls),
         .poll_ns = SP_STAT_READ(poll_ns),
         .poll_max_ns = ctx->poll_max_ns,
     };

@@ -419,7 +419,7 @@ struct spindle_ctx {
     /* Statistics: loop thread writes (SP_STAT_INC). */
     _Atomic uint64_t iterations, kernel_waits, blocking_waits;
     _Atomic uint64_t poll_hits, poll_misses, stale_fds, interest_updates;
-    _Atomic uint64_t monitor_syscalls;
+    _Atomic uint64_t monitor_syscalls, poll_stalls;
 };
 
 static inline bool sp_embed_keeps_out(const spindle_ctx *ctx,

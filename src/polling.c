@@ -227,6 +227,7 @@ bool sp_polling_try(spindle_ctx *ctx, sp_wait_info *w, int64_t *timeout)
             } else if (took > SPIN_STALL_NS &&
                        took > SPIN_STALL_FACTOR * stride_ns) {
                 stalled_ns += took - stride_ns;
+                SP_STAT_INC(ctx, poll_stalls);
             }
         }
         /* The window counts time spent spinning, the timeout wall-clock
