@@ -201,7 +201,8 @@ SPINDLE_API void spindle_notify(spindle_ctx *ctx);
  * A handler whose window has not adapted for a second (its events stopped
  * while other handlers' kept coming) is idle: its window stops counting and
  * its io_poll is called once per spin rather than once per round, until
- * its next event.
+ * its next event. On io_uring, fd handlers without an io_poll, which busy
+ * polling sees through the ring, share one window: the context's own.
  *
  * max_ns 0 turns busy polling off; grow 0 means 2; shrink 0 means "reset
  * the window to 0" when it shrinks. Returns 0, or -EINVAL for a NULL
