@@ -492,6 +492,53 @@ static void blocking_wait_sleeps_until_a_nanosecond_deadline(void **state)
     }
 }
 
+/* A stream of timers a microsecond apart, as a server with many timeouts
+ * sees: with the default timer slack (50 us) the ring's waits sleep and
+ * batch them, as epoll's do, instead of going in and out of the kernel
+ * once per deadline. */
+static unsigned dense_timer_waits(spindle_ctx *ctx, unsigned n)
+{
+    unsigned fired = 0;
+    spindle_timer **t = calloc(n, sizeof(*t));
+    assert_non_null(t);
+    int64_t start = spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) + 1000000;
+    for (unsigned i = 0; i < n; i++) {
+        t[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
+                                 harness_count_cb, &fired);
+        spindle_timer_mod(t[i], start + (int64_t)i * 1000);
+    }
+    while (spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) < start) {
+        spindle_poll(ctx, true);
+    }
+    spindle_stats before, after;
+    spindle_get_stats(ctx, &before);
+    while (fired < n) {
+        spindle_poll(ctx, true);
+    }
+    spindle_get_stats(ctx, &after);
+    for (unsigned i = 0; i < n; i++) {
+        spindle_timer_free(t[i]);
+    }
+    free(t);
+    return (unsigned)(after.blocking_waits - before.blocking_waits);
+}
+
+static void short_sleeps_honour_the_timer_slack(void **state)
+{
+    spindle_ctx *ctx = ring_ctx(state);
+    spindle_set_poll_params(ctx, 0, 0, 0); /* a real kernel wait */
+    /* The kernel's default; the ring reads it at the context's first wait. */
+    int saved = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+    assert_int_equal(prctl(PR_SET_TIMERSLACK, 50000, 0, 0, 0), 0);
+    /* 1000 deadlines over 1 ms: each wait sleeps at least the 50 us of
+     * slack (nothing else can end it), so at most about 20 of them; with no
+     * slack this machine made 54 (a preempted loop only waits less). */
+    unsigned waits = dense_timer_waits(ctx, 1000);
+    prctl(PR_SET_TIMERSLACK, saved > 0 ? saved : 50000, 0, 0, 0);
+    print_message("%u waits for 1000 deadlines\n", waits);
+    assert_true(waits <= 1000000 / 50000 + 10);
+}
+
 static void on_signal(int sig)
 {
     (void)sig;
@@ -1002,6 +1049,7 @@ int main(void)
         RING_TEST(fd_events_while_busy_polling_cost_the_loop_no_system_call),
         RING_TEST(handler_without_io_poll_keeps_busy_polling_on),
         RING_TEST(blocking_wait_sleeps_until_a_nanosecond_deadline),
+        RING_TEST(short_sleeps_honour_the_timer_slack),
         RING_TEST(signals_interrupting_the_wait_are_harmless),
         RING_TEST(notify_writes_the_eventfd_once_for_a_sleeper_and_never_for_an_awake_loop),
         RING_TEST(closed_fd_that_hangs_up_is_disarmed_without_a_call),
