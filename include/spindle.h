@@ -472,6 +472,12 @@ SPINDLE_API int spindle_bh_oneshot(spindle_ctx *ctx, spindle_io_fn *cb,
  * several threads at the same time take effect in some order, the last one
  * winning.
  *
+ * Lateness: a loop that sleeps towards a deadline sleeps at least the
+ * thread's timer slack (Linux: 50 us by default), on every back-end, so
+ * that dense deadlines are fired in batches; while busy polling it spins
+ * instead and fires within about a microsecond. A program that wants exact
+ * short sleeps sets the loop thread's slack with prctl(PR_SET_TIMERSLACK).
+ *
  * Memory: a timer takes 64 bytes, in blocks of 63 that its context keeps
  * (a freed timer's memory serves the context's next spindle_timer_new;
  * spindle_ctx_free releases it all), plus 41 KiB per clock for the wheel,
