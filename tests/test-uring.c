@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1034,6 +1035,45 @@ static void ctx_free_with_requests_in_flight_cancels_and_reaps_them(void **state
     free(t);
 }
 
+/* A ring closed with a poll still armed is torn down only when the process
+ * exits, and holds the polled files open until then (and its kernel
+ * memory: about 150 KiB per context). spindle_ctx_free removes every poll
+ * first, so a socket closed after the free is really closed: its peer sees
+ * the hang-up at once. Both kinds of record: one live and armed, one
+ * removed whose removal no iteration has sent yet. */
+static void sockets_closed_after_ctx_free_hang_up_at_once(void **state)
+{
+    fixture *f = *state;
+    spindle_ctx *ctx = ring_ctx(state);
+    int live[2], removed[2];
+    unsigned calls = 0;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |
+                                SOCK_CLOEXEC, 0, live), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |
+                                SOCK_CLOEXEC, 0, removed), 0);
+    assert_int_equal(spindle_set_fd_handler(ctx, live[0], false,
+                                            harness_count_cb, NULL, NULL,
+                                            &calls), 0);
+    assert_int_equal(spindle_set_fd_handler(ctx, removed[0], false,
+                                            harness_count_cb, NULL, NULL,
+                                            &calls), 0);
+    assert_false(spindle_poll(ctx, false)); /* both polls armed */
+    assert_int_equal(spindle_set_fd_handler(ctx, removed[0], false, NULL,
+                                            NULL, NULL, NULL), 0);
+    spindle_ctx_free(ctx);
+    f->ctx = NULL;
+    close(live[0]);
+    close(removed[0]);
+    struct pollfd peers[2] = { { .fd = live[1], .events = POLLIN },
+                               { .fd = removed[1], .events = POLLIN } };
+    assert_int_equal(poll(peers, 2, 0), 2);
+    assert_true(peers[0].revents & POLLHUP);
+    assert_true(peers[1].revents & POLLHUP);
+    assert_int_equal(calls, 0);
+    close(live[1]);
+    close(removed[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1061,6 +1101,7 @@ int main(void)
         RING_TEST(nested_iteration_runs_each_completion_once),
         RING_TEST(multishot_request_calls_done_per_completion),
         RING_TEST(ctx_free_with_requests_in_flight_cancels_and_reaps_them),
+        RING_TEST(sockets_closed_after_ctx_free_hang_up_at_once),
     };
     return cmocka_run_group_tests_name(__FILE__, tests, NULL, NULL);
 }
