@@ -2,8 +2,8 @@
  * writes bench/results/results.jsonl and chart.svg.
  *
  *   spindle-bench [--quick] [--reps N] [--out DIR] [ROW...]
- *   rows: wake wake-busy polled polled-low fd timers defer memory pool
- *         file-read nbd http
+ *   rows: wake wake-busy polled polled-low polled-mixed fd timers defer memory
+ *         pool file-read nbd http
  * SPDX-License-Identifier: MIT */
 #include <dirent.h>
 #include <string.h>
@@ -107,7 +107,8 @@ int main(int argc, char **argv)
             out = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--quick] [--reps N] [--out DIR] [ROW...]\n"
-                            "rows: wake wake-busy polled polled-low fd timers defer memory pool file-read nbd http\n",
+                            "rows: wake wake-busy polled polled-low polled-mixed fd timers defer "
+                            "memory pool file-read nbd http\n",
                     argv[0]);
             return 2;
         }
@@ -141,6 +142,7 @@ int main(int argc, char **argv)
     } rows[] = {
         {"wake", row_wake_sleeping}, {"wake-busy", row_wake_busy},
         {"polled", row_polled},      {"polled-low", row_polled_low_load},
+        {"polled-mixed", row_polled_mixed},
         {"fd", row_fd_dispatch},     {"timers", row_timers},
         {"defer", row_defer},        {"memory", row_memory},
         {"pool", row_pool},

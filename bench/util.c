@@ -50,22 +50,23 @@ bool impl_wanted(const char *label)
     return !only || !strncmp(label, only, strlen(only));
 }
 
-/* With BENCH_PIN=1, pin the calling thread to the idx-th CPU it may run on
- * (no-op on a single CPU): the two sides of a ping-pong then always run on
- * different cores, so
- * a run measures one thing (a cross-core wake-up) rather than wherever the
- * scheduler happened to put the threads. */
-void pin_thread(int idx)
+/* The CPUs the process was given, read once: threads inherit the pinned
+ * affinity of the thread that created them. */
+static cpu_set_t allowed;
+static int n_allowed = -1;
+
+static void read_allowed(void)
 {
-    /* The CPUs the process was given, read once: threads inherit the
-     * pinned affinity of the thread that created them. */
-    static cpu_set_t allowed;
-    static int n_allowed = -1;
-    cpu_set_t one;
-    if (!getenv("BENCH_PIN"))
-        return; /* opt-in: on this VM pinning made every ping-pong slower and noisier */
     if (n_allowed < 0)
         n_allowed = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) : 0;
+}
+
+/* Pin the calling thread to the idx-th CPU the process may run on (no-op on
+ * a single CPU), whatever BENCH_PIN says. */
+void pin_thread_always(int idx)
+{
+    cpu_set_t one;
+    read_allowed();
     if (n_allowed < 2)
         return;
     for (int cpu = 0, k = 0; cpu < CPU_SETSIZE; cpu++) {
@@ -78,4 +79,24 @@ void pin_thread(int idx)
             return;
         }
     }
+}
+
+/* Let the calling thread run on every CPU the process was given again. */
+void unpin_thread(void)
+{
+    read_allowed();
+    if (n_allowed > 0)
+        pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed);
+}
+
+/* With BENCH_PIN=1, pin the calling thread to the idx-th CPU it may run on
+ * (no-op on a single CPU): the two sides of a ping-pong then always run on
+ * different cores, so
+ * a run measures one thing (a cross-core wake-up) rather than wherever the
+ * scheduler happened to put the threads. */
+void pin_thread(int idx)
+{
+    if (!getenv("BENCH_PIN"))
+        return; /* opt-in: on this VM pinning made every ping-pong slower and noisier */
+    pin_thread_always(idx);
 }

@@ -5,8 +5,9 @@
  * and timers. spindle_poll() runs one iteration of the loop: it busy-polls
  * the user's io_poll callbacks for a few microseconds when events come fast,
  * and sleeps in the kernel (io_uring, epoll or ppoll) when they do not,
- * adapting the polling window on every blocking iteration. On io_uring the
- * busy polling also sees every fd, by reading the ring's completions.
+ * adapting a polling window per io_poll handler on every blocking
+ * iteration. On io_uring the busy polling also sees every fd, by reading the
+ * ring's completions.
  *
  * Conventions used throughout this header:
  * - Functions returning int return 0 on success or a negative errno value.
@@ -102,6 +103,10 @@ SPINDLE_API spindle_ctx *spindle_ctx_new(void);
  * epoll failing (at creation, for example for want of an fd, or later)
  * makes the context fall back to poll for good; spindle_backend_name tells
  * which one runs.
+ * $SPINDLE_POLL_WINDOW=shared makes every blocking wait adapt the window of
+ * every io_poll handler, so that they all move together: the single
+ * per-context window of QEMU before 2025, for comparisons (see
+ * spindle_set_poll_params); anything else is ignored.
  *
  * When busy polling runs, and what it costs. On io_uring, busy polling
  * reads the ring's completions in every round, so it sees every registered
@@ -141,7 +146,7 @@ SPINDLE_API spindle_ctx *spindle_ctx_new_opts(const spindle_options *o);
 SPINDLE_API void spindle_ctx_free(spindle_ctx *ctx);
 
 /* Run one iteration of the loop (docs/design.md): compute the timeout,
- * busy-poll io_poll callbacks for up to the current window, wait in the
+ * busy-poll io_poll callbacks for up to the largest window, wait in the
  * back-end if still needed, then run scheduled bottom halves, ready fd
  * handlers and expired timers. On io_uring the busy polling also reads the
  * ring's completions, so every fd is seen at no system call; with poll and
@@ -155,9 +160,14 @@ SPINDLE_API void spindle_ctx_free(spindle_ctx *ctx);
  * (a wake-up from spindle_notify, a signal, a change made on the loop thread
  * itself); callers loop until their own condition holds.
  *
- * Nested calls from a callback on the loop thread are allowed. A call while
- * another thread is inside spindle_poll() on the same context returns false
- * at once with errno EBUSY and changes nothing. NULL: false, errno EINVAL.
+ * Nested calls from a callback on the loop thread are allowed. A nested call
+ * never calls an io_poll that is running further up the stack (a handler's
+ * io_poll may thus wait for something with a nested loop without being
+ * re-entered); everything else runs as usual in the nested call, that
+ * handler's io_read and io_write included, and the handler is polled again
+ * once its io_poll has returned. A call while another thread is inside
+ * spindle_poll() on the same context returns false at once with errno
+ * EBUSY and changes nothing. NULL: false, errno EINVAL.
  * Cost: O(ready handlers + scheduled bottom halves + fired timers) with
  * io_uring and epoll (each timer is moved at most once per wheel level on
  * its way to firing: docs/design.md); the poll back-end adds O(n). */
@@ -169,16 +179,49 @@ SPINDLE_API bool spindle_poll(spindle_ctx *ctx, bool blocking);
  * thread, async-signal-safe. NULL is ignored. */
 SPINDLE_API void spindle_notify(spindle_ctx *ctx);
 
-/* Set the busy-polling parameters and restart the window at 0. max_ns 0
- * turns busy polling off; grow 0 means 2; shrink 0 means "reset the window to
- * 0" when it shrinks. Returns 0, or -EINVAL for a NULL context or a negative
- * parameter (nothing is changed then). Loop thread. O(1). */
+/* Set the busy-polling parameters and restart every window at 0.
+ *
+ * Each handler with an io_poll has its own polling window; before sleeping,
+ * a blocking iteration busy-polls for the largest window among them (and
+ * never past its timeout). A window adapts after each blocking iteration
+ * that may wait: if the wait was at most the window, it is kept; over
+ * max_ns, it shrinks (divided by shrink; shrink 0 resets it to 0); under
+ * max_ns, it grows (from 0 to 4000 ns, else multiplied by grow), up to
+ * max_ns. A wait that events of some handlers ended (an fd, an io_poll
+ * that returned true, the context's own wake-up) adapts those handlers'
+ * windows only; a wait that no handler event ended (a timer, the timeout)
+ * adapts every window. So a slow source's long waits close its own window,
+ * not a fast source's. The time waited runs from the start of the wait
+ * (after a first round of io_poll calls that found nothing: an event that
+ * round finds waited 0) to the event (for an event notifier, to the time it
+ * was set, not the time the loop's thread woke up), minus work (io_poll
+ * calls that made progress, poll_begin/poll_end) and minus time the loop's
+ * thread was seen not running while it spun. Non-blocking iterations never
+ * adapt.
+ * A handler whose window has not adapted for a second (its events stopped
+ * while other handlers' kept coming) is idle: its window stops counting and
+ * its io_poll is called once per spin rather than once per round, until
+ * its next event. On io_uring, fd handlers without an io_poll, which busy
+ * polling sees through the ring, share one window: the context's own.
+ *
+ * max_ns 0 turns busy polling off; grow 0 means 2; shrink 0 means "reset
+ * the window to 0" when it shrinks. Returns 0, or -EINVAL for a NULL
+ * context or a negative parameter (nothing is changed then). Loop thread.
+ * O(handlers with an io_poll). */
 SPINDLE_API int spindle_set_poll_params(spindle_ctx *ctx, int64_t max_ns,
                                         int64_t grow, int64_t shrink);
 
-/* The current polling window in ns (0 when not polling). -EINVAL for NULL.
- * Any thread (the value may be stale by the time it is read). */
+/* How long the loop busy-polls now, in ns: the largest window among the
+ * handlers that are not idle (0 when not polling). -EINVAL for NULL. Any
+ * thread (the value may be stale by the time it is read). O(1). */
 SPINDLE_API int64_t spindle_get_poll_ns(const spindle_ctx *ctx);
+
+/* The polling window of fd's handler, in ns (see spindle_set_poll_params;
+ * an idle handler keeps its window, which then does not count). -EINVAL
+ * for a NULL context, -EBADF for a negative fd, -ENOENT if fd has no
+ * handler with an io_poll. Any thread (the value may be stale by the time
+ * it is read; it takes the handler lock briefly). O(1). */
+SPINDLE_API int64_t spindle_get_handler_poll_ns(spindle_ctx *ctx, int fd);
 
 /* The back-end in use: "poll", "epoll" or "io_uring". An AUTO context
  * without io_uring reports "poll" until it switches to epoll. NULL for a
@@ -204,7 +247,7 @@ typedef struct spindle_stats {
     uint64_t poll_hits;      /* busy-poll spins ended by an event */
     uint64_t poll_misses;    /* busy-poll spins that ran out of window */
     uint64_t stale_fds;      /* registered fds found closed and disarmed */
-    int64_t poll_ns;         /* the current polling window */
+    int64_t poll_ns;         /* the largest window: spindle_get_poll_ns */
     int64_t poll_max_ns;     /* its upper bound; 0: busy polling off */
     /* Registered fd handlers without io_poll (now, not a running count).
      * While it is not 0, poll and epoll do not busy-poll at all, whatever
@@ -220,6 +263,10 @@ typedef struct spindle_stats {
     /* System calls the back-end made on the loop thread: waits,
      * submissions, io_uring's re-checks. */
     uint64_t monitor_syscalls;
+    /* Stretches of a spin in which the loop's thread was seen not running
+     * (preempted, or its vCPU was): that time is not counted as waiting
+     * when the windows adapt (spindle_set_poll_params). */
+    uint64_t poll_stalls;
 } spindle_stats;
 
 /* Copy the counters into *out. 0, or -EINVAL if ctx or out is NULL. */
@@ -240,7 +287,8 @@ SPINDLE_API int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out);
  *   iterations) can leave the call with nothing to
  *   read: use non-blocking fds, as with any event loop.
  * - Registering an fd that is already registered replaces its callbacks (a
- *   new record is installed; poll_begin/poll_end carry over).
+ *   new record is installed; poll_begin/poll_end and the polling window
+ *   carry over when both have an io_poll).
  * - All three of io_read, io_write and io_poll NULL removes the handler.
  *   Removing always succeeds, even after fd was closed. Once the removal
  *   returns on the loop thread, the handler is never called again; this
@@ -350,7 +398,10 @@ SPINDLE_API spindle_notifier *spindle_notifier_new(bool active);
 /* Close and free it. NULL is ignored. */
 SPINDLE_API void spindle_notifier_free(spindle_notifier *n);
 /* Make the notifier's fd readable. Sets before a clear coalesce into one.
- * 0, or -EINVAL for NULL. Any thread, async-signal-safe. One write(2). */
+ * The first set since the last clear also records when, for the polling
+ * window of a loop that it wakes (spindle_set_poll_params). 0, or -EINVAL
+ * for NULL. Any thread, async-signal-safe. One write(2), and a clock read
+ * for the first set. */
 SPINDLE_API int spindle_notifier_set(spindle_notifier *n);
 /* Return whether the notifier was set, and clear it. false for NULL. */
 SPINDLE_API bool spindle_notifier_test_and_clear(spindle_notifier *n);
@@ -420,6 +471,12 @@ SPINDLE_API int spindle_bh_oneshot(spindle_ctx *ctx, spindle_io_fn *cb,
  * deadline than the one the loop sleeps towards. Calls on one timer from
  * several threads at the same time take effect in some order, the last one
  * winning.
+ *
+ * Lateness: a loop that sleeps towards a deadline sleeps at least the
+ * thread's timer slack (Linux: 50 us by default), on every back-end, so
+ * that dense deadlines are fired in batches; while busy polling it spins
+ * instead and fires within about a microsecond. A program that wants exact
+ * short sleeps sets the loop thread's slack with prctl(PR_SET_TIMERSLACK).
  *
  * Memory: a timer takes 64 bytes, in blocks of 63 that its context keeps
  * (a freed timer's memory serves the context's next spindle_timer_new;

@@ -59,6 +59,8 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
                                            : opt.poll_max_ns;
     ctx->poll_grow = opt.poll_grow;
     ctx->poll_shrink = opt.poll_shrink;
+    const char *rule = getenv("SPINDLE_POLL_WINDOW");
+    ctx->poll_shared = rule && !strcmp(rule, "shared");
     ctx->epollfd = -1;
     atomic_init(&ctx->fdmon, &sp_fdmon_poll);
     ctx->epoll_auto = opt.backend == SPINDLE_BACKEND_AUTO;
@@ -92,7 +94,7 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
     /* The context's own wake-up: polled, so a busy loop sees a notify at
      * no system call, and waited on, so a sleeping loop is woken. */
     r = sp_handler_set(ctx, ctx->wake.rfd, false, sp_notify_wake_read, NULL,
-                       sp_notify_wake_poll, ctx, true);
+                       sp_notify_wake_poll, ctx, &ctx->wake, true);
     if (r < 0) {
         goto fail_handlers;
     }
@@ -204,68 +206,60 @@ bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain)
     /* 1. How long may this iteration sleep? (bh.c, timer.c) */
     int64_t timeout = blocking ? sp_compute_timeout(ctx, false) : 0;
 
-    /* Only iterations that may wait teach the window: not the non-blocking
-     * ones, nor blocking ones with work already due, which would only
-     * spend clock reads to learn that they did not wait. */
-    bool adapt = timeout && ctx->poll_max_ns;
-    int64_t start = adapt ? sp_now() : 0;
-    int64_t work_ns = 0;
-    int64_t *work = adapt ? &work_ns : NULL;
+    /* From here, handler events are this iteration's: step 5 adapts the
+     * windows of the handlers whose events ended its wait
+     * (polling-windows.c). */
+    sp_wait_info w;
+    sp_polling_begin(ctx, &w, timeout);
 
     /* 2. Busy-poll the io_poll handlers (polling.c). A drain has no step
      * 2 here: its host has slept already; it calls them after step 4. */
-    progress = drain ? false : sp_polling_try(ctx, &timeout, work);
+    progress = drain ? false : sp_polling_try(ctx, &w, &timeout);
 
-    /* 3. Wait in the kernel if polling cannot be enough (fdmon-*.c). */
-    int64_t wait_end = 0; /* when spindle_notify asked the wait to end */
+    /* 3. Wait in the kernel if polling cannot be enough (fdmon-*.c): to
+     * sleep, leave the busy-polling state, then announce the sleep; without
+     * sleeping, only if the monitor needs a wait to see every event (or the
+     * host of an embedded context has just waited: a drain). */
+    if (timeout) {
+        progress |= sp_polling_leave(ctx, &w, &timeout);
+    }
     const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
                                                memory_order_acquire);
-    if (timeout || drain || mon->need_wait(ctx)) {
-        bool announced = false;
-        if (timeout) {
-            progress |= sp_polling_leave(ctx, &timeout, work);
-        }
+    bool need_wait = drain || mon->need_wait(ctx);
+    if (timeout || need_wait) {
         /* handlers.c: interest changes reach the kernel only now, once per
          * fd whatever happened to it since the last wait (after the last
          * io_poll call, which may change some, and before announcing). */
         sp_interest_apply(ctx);
-        if (timeout) {
-            /* notify.c: from here a notifier writes the eventfd. */
-            announced = sp_notify_announce(ctx);
-            if (!announced) {
-                timeout = 0;
-            }
-        }
+        /* notify.c: from here a notifier writes the eventfd; a wake-up
+         * that came meanwhile makes the wait not sleep, or not happen. */
+        w.slept = timeout && sp_notify_announce(ctx);
+    }
+    if (w.slept || need_wait) {
         SP_STAT_INC(ctx, kernel_waits);
-        if (timeout) {
+        if (w.slept) {
             SP_STAT_INC(ctx, blocking_waits);
         }
         mon = atomic_load_explicit(&ctx->fdmon, memory_order_acquire);
-        mon->wait(ctx, timeout);
+        mon->wait(ctx, w.slept ? timeout : 0);
 
         /* 4. Withdraw the announcement. */
-        if (announced) {
-            wait_end = sp_notify_withdraw(ctx);
+        if (w.slept) {
+            sp_notify_withdraw(ctx);
         }
     }
     /* 4. Accept the wake-ups: what they announced is looked at below. */
-    sp_notify_accept(ctx);
+    bool woken = sp_notify_accept(ctx);
     if (drain) {
         /* Each io_poll once, after the accept: what an io_poll source
          * published before a notify that the accept consumed must be
          * looked at before the host's next prepare announces a sleep (a
          * spindle_poll does it in the next iteration's step 2). */
-        progress |= sp_polling_try(ctx, &timeout, NULL);
+        progress |= sp_polling_try(ctx, &w, &timeout);
     }
 
-    /* 5. Adapt the window to the time waited: for a wait that a notify
-     * ended, until the notify (notify.c explains why). */
-    if (adapt) {
-        if (wait_end <= start) {
-            wait_end = sp_now();
-        }
-        sp_polling_adapt(ctx, wait_end - start - work_ns);
-    }
+    /* 5. Adapt the windows to the time waited (polling-windows.c). */
+    sp_polling_adapt(ctx, &w, woken);
 
     /* 6. Bottom halves, what the monitor completed (io_uring: fd events
      * and user requests), ready handlers, then expired timers. */
@@ -313,6 +307,7 @@ int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out)
         .interest_updates = SP_STAT_READ(interest_updates),
         .unpolled_handlers = (uint64_t)SP_STAT_READ(poll_disable_cnt),
         .monitor_syscalls = SP_STAT_READ(monitor_syscalls),
+        .poll_stalls = SP_STAT_READ(poll_stalls),
         .poll_ns = SP_STAT_READ(poll_ns),
         .poll_max_ns = ctx->poll_max_ns,
     };

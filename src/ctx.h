@@ -26,6 +26,9 @@
 #define SP_POLL_MAX_NS_DEFAULT 32768
 #define SP_POLL_GROW_DEFAULT 2
 #define SP_POLL_START_NS 4000
+/* A handler whose window has not adapted for this long leaves the spin
+ * (polling-windows.c explains) until its next event. */
+#define SP_POLL_IDLE_NS 1000000000      /* 1 s */
 #define SP_IDLE_BH_TIMEOUT_NS 10000000  /* 10 ms */
 #define SP_DIRTY_END (-1)               /* ctx->dirty_next: last on the list */
 
@@ -49,6 +52,9 @@ static inline int64_t sp_now(void)
 struct spindle_notifier {
     int rfd; /* waited on; readable while set */
     int wfd; /* written by set; the same fd as rfd for an eventfd */
+    /* When it was first set since the last clear (0: not since), so that a
+     * loop woken by it knows when its event came (polling-windows.c). */
+    _Atomic int64_t set_ns;
 };
 
 int sp_notifier_init(struct spindle_notifier *n, bool active);
@@ -95,11 +101,28 @@ _Static_assert(sizeof(sp_handler) <= 72, "a handler record fits 80-byte "
 
 typedef struct sp_polled_handler {
     sp_handler h;
-    sp_link polled;            /* live handlers with an io_poll */
+    sp_link polled;            /* in ctx->polled, or in ctx->polled_idle
+                                * while idle (polling-windows.c); list_lock */
     spindle_io_fn *poll_begin; /* changed in place by spindle_set_fd_poll(),
                                 * under the lock, on the loop thread only */
     spindle_io_fn *poll_end;
+    /* An event notifier's registration: when the notifier was set tells
+     * when an event that woke the loop came. NULL for a plain fd. */
+    struct spindle_notifier *notifier;
+    /* Its polling window. Written by the loop thread, read by others under
+     * list_lock; it belongs to the fd, so a replacement record takes it
+     * over. */
+    _Atomic int64_t poll_ns;
+    /* Loop thread only. */
+    int64_t adapted_ns;        /* when the window last adapted; 0: not yet */
+    uint64_t event_serial;     /* the iteration of its last event */
+    uint64_t adapted_serial;   /* the iteration that last adapted it */
+    struct sp_polled_handler *move_next; /* step 5: changing lists */
     atomic_bool poll_started;  /* poll_begin ran, poll_end not yet */
+    bool in_io_poll;           /* its io_poll is running: nested loops
+                                * leave it out */
+    bool idle;                 /* on ctx->polled_idle (or, for the wake-up
+                                * handler, its window does not count) */
 } sp_polled_handler;
 
 static inline sp_polled_handler *sp_polled_of(sp_handler *h)
@@ -115,12 +138,14 @@ void sp_ready_add(spindle_ctx *ctx, sp_handler *h, int revents);
 
 void sp_handlers_init(spindle_ctx *ctx);
 void sp_handlers_destroy(spindle_ctx *ctx);
+/* notifier: the event notifier whose fd this is (NULL for a plain fd);
+ * internal: the context's own wake-up handler. */
 int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
                    spindle_io_fn *io_read, spindle_io_fn *io_write,
-                   spindle_poll_fn *io_poll, void *opaque, bool internal);
-/* Whether the loop may call h now: not retired, not held back by
- * spindle_disable_external(). */
-bool sp_handler_enabled(spindle_ctx *ctx, const sp_handler *h);
+                   spindle_poll_fn *io_poll, void *opaque,
+                   struct spindle_notifier *notifier, bool internal);
+/* Whether the loop may call h now (inline, below the context). */
+static inline bool sp_handler_enabled(spindle_ctx *ctx, const sp_handler *h);
 bool sp_handlers_dispatch(spindle_ctx *ctx);
 /* Tell the monitor about the interest changes made since the last call
  * (spindle_set_fd_interest): at most one kernel call per fd, none for an fd
@@ -147,9 +172,9 @@ void sp_walk_end(spindle_ctx *ctx);
  * own doorbell; the thread pool rings its completion eventfd instead. */
 bool sp_notify_request(spindle_ctx *ctx);
 bool sp_notify_announce(spindle_ctx *ctx); /* false: a wake-up is pending */
-/* Returns when spindle_notify() asked to end the wait, or 0. */
-int64_t sp_notify_withdraw(spindle_ctx *ctx);
-void sp_notify_accept(spindle_ctx *ctx);
+void sp_notify_withdraw(spindle_ctx *ctx);
+/* Returns whether spindle_notify() was called since the last accept. */
+bool sp_notify_accept(spindle_ctx *ctx);
 void sp_notify_wake_read(void *opaque);
 bool sp_notify_wake_poll(void *opaque);
 /* spindle_notify(), skipped when the caller is the thread inside this
@@ -160,17 +185,45 @@ uintptr_t sp_thread_id(void);
 /* Whether the calling thread is inside an iteration of ctx. */
 bool sp_on_loop_thread(const spindle_ctx *ctx);
 
-/* ---- polling.c */
+/* ---- polling.c (the spin) and polling-windows.c (step 5) */
 
+/* Handler events an iteration notes for step 5 before it walks them all. */
+#define SP_WAIT_EVENTS 8
+
+/* What one iteration's wait teaches the windows (step 5). */
+typedef struct sp_wait_info {
+    struct sp_wait_info *outer; /* of the iteration this one nests in */
+    uint64_t serial;    /* this iteration: marks its handler events */
+    bool adapt;         /* it may wait, so it adapts the windows */
+    bool slept;         /* it announced a sleep and waited in the kernel */
+    bool events;        /* some handler event ended the wait */
+    bool overflow;      /* more polled handlers had events than fit */
+    bool cut;           /* the monitor ended the spin with no event named
+                         * (io_uring, to re-check fds): nothing to learn */
+    unsigned nevents;
+    struct sp_polled_handler *event[SP_WAIT_EVENTS];
+    int64_t start;      /* when the wait started (adapt only): the first
+                         * clock read, after a first round of io_poll calls
+                         * that found nothing; 0 until then */
+    int64_t hit_ns;     /* when a spin that an event ended stopped; 0: none */
+    int64_t unwaited_ns; /* of the time since, what was not waiting: work
+                          * (io_poll rounds that made progress, poll_begin
+                          * and poll_end) and time the thread did not run */
+} sp_wait_info;
+
+/* Before step 2: from here, handler events are marked as this
+ * iteration's. timeout: step 1's. */
+void sp_polling_begin(spindle_ctx *ctx, sp_wait_info *w, int64_t timeout);
 /* Step 2. *timeout is updated: 0 after any hit, else reduced by the time
- * spun. Time spent in io_poll calls that made progress and in
- * poll_begin/poll_end is added to *work_ns. */
-bool sp_polling_try(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns);
+ * spun. */
+bool sp_polling_try(spindle_ctx *ctx, sp_wait_info *w, int64_t *timeout);
 /* Before a kernel wait with a non-zero timeout: leave the busy-polling
  * state and check every io_poll once more. */
-bool sp_polling_leave(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns);
-/* Step 5. */
-void sp_polling_adapt(spindle_ctx *ctx, int64_t block_ns);
+bool sp_polling_leave(spindle_ctx *ctx, sp_wait_info *w, int64_t *timeout);
+/* Step 5, after the wait: adapt the windows of the handlers whose events
+ * ended it (woken: the context's own wake-up did), or of every handler if
+ * none did. Ends what sp_polling_begin() started. */
+void sp_polling_adapt(spindle_ctx *ctx, sp_wait_info *w, bool woken);
 
 /* ---- bh.c */
 
@@ -284,13 +337,14 @@ struct spindle_ctx {
     /* Notify protocol (notify.c, docs/notify-protocol.md). */
     atomic_bool notified;
     atomic_bool notify_me;
-    _Atomic int64_t wake_asked_ns; /* first notify during an announced wait */
     struct spindle_notifier wake;
 
     /* Handlers (handlers.c). Lists and table change under list_lock. */
     sp_lockcnt list_lock;
     sp_link handlers;
-    sp_link polled;
+    sp_link polled;         /* handlers with an io_poll that spin */
+    sp_link polled_idle;    /* ... and those left out of the spin (idle) */
+    struct sp_polled_handler *wake_handler; /* the context's own */
     sp_handler **fd_table;  /* list_lock */
     /* The dirty list: fds whose interest changed since the monitor was
      * last told, chained through a table beside fd_table (list_lock):
@@ -322,11 +376,21 @@ struct spindle_ctx {
      * epoll. Set at creation only. */
     struct sp_uring *uring;
 
-    /* Adaptive busy polling (polling.c). Loop thread, but for poll_ns,
+    /* Adaptive busy polling (polling*.c). Loop thread, but for poll_ns,
      * which any thread may read. */
-    _Atomic int64_t poll_ns;
+    _Atomic int64_t poll_ns;   /* the largest window of the spinning
+                                * handlers: how long the loop spins */
     int64_t poll_max_ns, poll_grow, poll_shrink;
     bool poll_started;
+    bool poll_shared;          /* $SPINDLE_POLL_WINDOW=shared: every wait
+                                * adapts every window (the old rule) */
+    sp_wait_info *wait;        /* the running iteration's, for marking the
+                                * handler events of its wait */
+    int64_t poll_scan_ns;      /* when step 5 next looks at every handler */
+    int64_t clock_ns;          /* the loop's last clock read (polling*.c) */
+    unsigned clock_skips;      /* iterations that did not read it */
+    atomic_bool poll_rescan;   /* ... or at once: a handler with an io_poll
+                                * was added or removed */
 
     /* Bottom halves (bh.c). */
     _Atomic(spindle_bh *) bh_stack; /* scheduled, newest first; any thread */
@@ -355,13 +419,60 @@ struct spindle_ctx {
     /* Statistics: loop thread writes (SP_STAT_INC). */
     _Atomic uint64_t iterations, kernel_waits, blocking_waits;
     _Atomic uint64_t poll_hits, poll_misses, stale_fds, interest_updates;
-    _Atomic uint64_t monitor_syscalls;
+    _Atomic uint64_t monitor_syscalls, poll_stalls;
 };
 
 static inline bool sp_embed_keeps_out(const spindle_ctx *ctx,
                                       const sp_handler *h)
 {
     return h && h->is_external && ctx->embed.ext_out;
+}
+
+/* ---- inline helpers that need the context */
+
+static inline bool sp_handler_enabled(spindle_ctx *ctx, const sp_handler *h)
+{
+    return !atomic_load_explicit(&h->deleted, memory_order_relaxed) &&
+           (!h->is_external ||
+            !atomic_load_explicit(&ctx->external_disable_cnt,
+                                  memory_order_relaxed));
+}
+
+/* Note an event of p (an io_poll hit, its fd found ready, the wake-up) in
+ * the running iteration w, for step 5 (polling-windows.c). */
+static inline void sp_polling_mark(sp_wait_info *w, sp_polled_handler *p)
+{
+    w->events = true;
+    if (p->event_serial == w->serial) {
+        return;
+    }
+    p->event_serial = w->serial;
+    if (w->nevents < SP_WAIT_EVENTS) {
+        w->event[w->nevents++] = p;
+    } else {
+        w->overflow = true;
+    }
+}
+
+/* A monitor found h's fd ready: note it for step 5, which adapts h's
+ * polling window. A handler without io_poll has none: on a monitor that
+ * busy polling sees every fd through (io_uring), the context's own window,
+ * its wake-up handler's, stands for such handlers; elsewhere their events
+ * teach no window. Outside steps 2 to 4 (ctx->wait is then another
+ * iteration's, or none) the event teaches nothing. */
+static inline void sp_polling_note(spindle_ctx *ctx, sp_handler *h)
+{
+    if (!ctx->wait) {
+        return;
+    }
+    if (h->io_poll) {
+        sp_polling_mark(ctx->wait, sp_container_of(h, sp_polled_handler, h));
+    } else if (atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)
+                   ->poll) {
+        sp_polling_mark(ctx->wait, ctx->wake_handler);
+    } else {
+        ctx->wait->events = true;
+    }
 }
 
 #endif

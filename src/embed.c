@@ -173,8 +173,11 @@ int64_t spindle_prepare(spindle_ctx *ctx)
     bool found = false;
     if (ctx->poll_started) {
         int64_t t = -1;
+        sp_wait_info w; /* measures nothing: the host's wait is its own */
         sp_walk_begin(ctx);
-        found = sp_polling_leave(ctx, &t, NULL) || t == 0;
+        sp_polling_begin(ctx, &w, 0);
+        found = sp_polling_leave(ctx, &w, &t) || t == 0;
+        sp_polling_adapt(ctx, &w, false);
         sp_walk_end(ctx);
     }
     /* Interest changes made since the last wait (by the callbacks of the

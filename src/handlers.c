@@ -75,14 +75,6 @@ void sp_walk_end(spindle_ctx *ctx)
     }
 }
 
-bool sp_handler_enabled(spindle_ctx *ctx, const sp_handler *h)
-{
-    return !atomic_load_explicit(&h->deleted, memory_order_relaxed) &&
-           (!h->is_external ||
-            !atomic_load_explicit(&ctx->external_disable_cnt,
-                                  memory_order_relaxed));
-}
-
 bool sp_handlers_unpolled(spindle_ctx *ctx)
 {
     return atomic_load_explicit(&ctx->poll_disable_cnt,
@@ -97,6 +89,7 @@ void sp_ready_add(spindle_ctx *ctx, sp_handler *h, int revents)
      * hand-over visible to it. A plain load on x86. */
     (void)atomic_load_explicit(&h->deleted, memory_order_acquire);
     h->revents = (short)revents;
+    sp_polling_note(ctx, h); /* for step 5: h's window adapts */
     if (!h->queued) {
         h->queued = true;
         h->ready_next = ctx->ready;
@@ -174,8 +167,8 @@ static sp_handler *lookup(spindle_ctx *ctx, int fd)
     return fd < ctx->fd_table_size ? ctx->fd_table[fd] : NULL;
 }
 
-/* Lock held. Insert a filled record; it takes over `old`'s poll state,
- * which belongs to the fd, not to the record. */
+/* Lock held. Insert a filled record; it takes over `old`'s poll state and
+ * window, which belong to the fd, not to the record. */
 static void install(spindle_ctx *ctx, sp_handler *h, sp_handler *old)
 {
     if (h->io_poll && old && old->io_poll) {
@@ -185,10 +178,14 @@ static void install(spindle_ctx *ctx, sp_handler *h, sp_handler *old)
         atomic_init(&p->poll_started,
                     atomic_load_explicit(&o->poll_started,
                                          memory_order_relaxed));
+        atomic_init(&p->poll_ns, atomic_load_explicit(&o->poll_ns,
+                                                      memory_order_relaxed));
     }
     sp_list_insert_head(&ctx->handlers, &h->all);
     if (h->io_poll) {
         sp_list_insert_head(&ctx->polled, &sp_polled_of(h)->polled);
+        /* Its window counts from the loop's next look at every handler. */
+        atomic_store_explicit(&ctx->poll_rescan, true, memory_order_relaxed);
     } else {
         atomic_fetch_add_explicit(&ctx->poll_disable_cnt, 1,
                                   memory_order_relaxed);
@@ -204,6 +201,7 @@ static sp_handler *retire(spindle_ctx *ctx, sp_handler *old)
     sp_list_unlink(&old->all);
     if (old->io_poll) {
         sp_list_unlink(&sp_polled_of(old)->polled);
+        atomic_store_explicit(&ctx->poll_rescan, true, memory_order_relaxed);
     } else {
         atomic_fetch_sub_explicit(&ctx->poll_disable_cnt, 1,
                                   memory_order_relaxed);
@@ -247,7 +245,8 @@ void sp_handler_release(spindle_ctx *ctx, sp_handler *h, bool locked)
 
 int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
                    spindle_io_fn *io_read, spindle_io_fn *io_write,
-                   spindle_poll_fn *io_poll, void *opaque, bool internal)
+                   spindle_poll_fn *io_poll, void *opaque,
+                   struct spindle_notifier *notifier, bool internal)
 {
     sp_handler *h = NULL;
     bool removing = !io_read && !io_write && !io_poll;
@@ -266,6 +265,10 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
         /* Only busy-polled handlers pay for the busy-polling fields. */
         if (io_poll) {
             sp_polled_handler *p = sp_calloc(1, sizeof(*p));
+            if (p) {
+                p->notifier = notifier;
+                atomic_init(&p->poll_ns, 0);
+            }
             h = p ? &p->h : NULL;
         } else {
             h = sp_calloc(1, sizeof(*h));
@@ -308,6 +311,9 @@ int sp_handler_set(spindle_ctx *ctx, int fd, bool is_external,
     }
     if (h) {
         install(ctx, h, old);
+        if (internal) {
+            ctx->wake_handler = sp_polled_of(h); /* never replaced */
+        }
     }
     sp_handler *free_now = old ? retire(ctx, old) : NULL;
     /* Written under the lock only; relaxed: the embedding set reads it
@@ -340,7 +346,7 @@ int spindle_set_fd_handler(spindle_ctx *ctx, int fd, bool is_external,
                            spindle_poll_fn *io_poll, void *opaque)
 {
     return sp_handler_set(ctx, fd, is_external, io_read, io_write, io_poll,
-                          opaque, false);
+                          opaque, NULL, false);
 }
 
 void spindle_set_fd_poll(spindle_ctx *ctx, int fd, spindle_io_fn *poll_begin,
@@ -456,6 +462,7 @@ void sp_handlers_init(spindle_ctx *ctx)
     sp_lockcnt_init(&ctx->list_lock);
     sp_list_init(&ctx->handlers);
     sp_list_init(&ctx->polled);
+    sp_list_init(&ctx->polled_idle);
     ctx->dirty_head = -1;
     atomic_init(&ctx->zombies, NULL);
     atomic_init(&ctx->poll_disable_cnt, 0);

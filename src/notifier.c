@@ -33,6 +33,7 @@ int sp_notifier_init(struct spindle_notifier *n, bool active)
     n->rfd = fds[0];
     n->wfd = fds[1];
 #endif
+    atomic_init(&n->set_ns, 0);
     if (active) {
         spindle_notifier_set(n);
     }
@@ -76,6 +77,17 @@ int spindle_notifier_set(spindle_notifier *n)
     if (!n) {
         return -EINVAL;
     }
+    /* The first set since the last clear records when: a loop that this
+     * wakes counts its wait until here, not until its thread got to run
+     * (polling-windows.c). The relaxed load skips the clock read on
+     * repeated sets; the write below publishes the time to the loop, which
+     * only takes it as a hint (any time outside its wait is ignored). */
+    if (!atomic_load_explicit(&n->set_ns, memory_order_relaxed)) {
+        int64_t none = 0;
+        atomic_compare_exchange_strong_explicit(&n->set_ns, &none, sp_now(),
+                                                memory_order_relaxed,
+                                                memory_order_relaxed);
+    }
 #if SPINDLE_HAVE_EVENTFD
     uint64_t one = 1;
     ssize_t r;
@@ -104,6 +116,10 @@ bool spindle_notifier_test_and_clear(spindle_notifier *n)
     char buf[512];
     bool was_set = false;
     ssize_t r;
+    /* Before the read: a set that comes in between leaves its time behind
+     * with the fd cleared, which the loop ignores as a time before its
+     * next wait; the other order could leave the fd set with no time. */
+    atomic_store_explicit(&n->set_ns, 0, memory_order_relaxed);
     do {
         /* An eventfd returns its whole counter in one 8-byte read; a pipe
          * may need several reads. */
@@ -128,7 +144,7 @@ int spindle_set_event_notifier(spindle_ctx *ctx, spindle_notifier *n,
         return -EINVAL;
     }
     return sp_handler_set(ctx, n->rfd, is_external, io_read, NULL, io_poll,
-                          opaque, false);
+                          opaque, n, false);
 }
 
 void spindle_set_event_notifier_poll(spindle_ctx *ctx, spindle_notifier *n,

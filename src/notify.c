@@ -43,17 +43,10 @@ bool sp_notify_request(spindle_ctx *ctx)
     /* N2-N4: seq_cst exchange then seq_cst load, the notifier's side of
      * the Dekker pair with sp_notify_announce(). */
     atomic_exchange_explicit(&ctx->notified, true, memory_order_seq_cst);
-    if (!atomic_load_explicit(&ctx->notify_me, memory_order_seq_cst)) {
-        return false;
-    }
-    /* When the wake-up was asked for: the loop adapts its polling window
-     * to this, not to when its vCPU got to run (see sp_notify_withdraw).
-     * Only the first notifier's time counts. */
-    int64_t none = 0;
-    atomic_compare_exchange_strong_explicit(&ctx->wake_asked_ns, &none,
-                                            sp_now(), memory_order_relaxed,
-                                            memory_order_relaxed);
-    return true;
+    /* The doorbell the caller rings then records when it was set: the
+     * loop adapts its polling windows to that, not to when its vCPU got
+     * to run (polling-windows.c). */
+    return atomic_load_explicit(&ctx->notify_me, memory_order_seq_cst);
 }
 
 void spindle_notify(spindle_ctx *ctx)
@@ -74,8 +67,6 @@ void sp_notify_remote(spindle_ctx *ctx)
 
 bool sp_notify_announce(spindle_ctx *ctx)
 {
-    /* Ordered before the announcement by the seq_cst store below. */
-    atomic_store_explicit(&ctx->wake_asked_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&ctx->notify_me, true, memory_order_seq_cst);
     if (atomic_load_explicit(&ctx->notified, memory_order_seq_cst)) {
         /* Work came in since the timeout was computed: do not sleep. */
@@ -85,27 +76,23 @@ bool sp_notify_announce(spindle_ctx *ctx)
     return true;
 }
 
-int64_t sp_notify_withdraw(spindle_ctx *ctx)
+void sp_notify_withdraw(spindle_ctx *ctx)
 {
     /* Relaxed: a notifier that still sees the flag only writes the eventfd
      * once too often, which the next wait drains. */
     atomic_store_explicit(&ctx->notify_me, false, memory_order_relaxed);
-    /* Waking a sleeping vCPU costs tens of microseconds on a VM, more than
-     * the whole polling window: counted as waiting, it would shrink the
-     * window to nothing exactly when a peer answers within a microsecond,
-     * and keep it there. */
-    return atomic_exchange_explicit(&ctx->wake_asked_ns, 0,
-                                    memory_order_relaxed);
 }
 
-void sp_notify_accept(spindle_ctx *ctx)
+bool sp_notify_accept(spindle_ctx *ctx)
 {
     /* The relaxed test keeps the common case (no wake-up) to one load; the
      * exchange, seq_cst, synchronizes with the notifiers as explained above
      * and is ordered before the loop reads the BH list. */
-    if (atomic_load_explicit(&ctx->notified, memory_order_relaxed)) {
-        atomic_exchange_explicit(&ctx->notified, false, memory_order_seq_cst);
+    if (!atomic_load_explicit(&ctx->notified, memory_order_relaxed)) {
+        return false;
     }
+    return atomic_exchange_explicit(&ctx->notified, false,
+                                    memory_order_seq_cst);
 }
 
 void sp_notify_wake_read(void *opaque)

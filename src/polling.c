@@ -1,88 +1,141 @@
-/* Adaptive busy polling: steps 2 and 5 of the iteration.
+/* Adaptive busy polling, the spin: step 2 of the iteration, and leaving
+ * the busy-polling state before step 3's kernel wait.
  * SPDX-License-Identifier: MIT
  *
- * Before sleeping, the loop calls every io_poll in a tight loop for up to
- * the current window, because a completion that arrives within a few
- * microseconds is found far sooner by a load than by a kernel wake-up (about
- * 20 µs for a sleeping vCPU). The window follows the wait times: waits
- * longer than poll_max_ns shrink it (polling would not have caught them),
- * shorter ones grow it. The context's own wake-up handler is one of the
- * polled handlers, so spindle_notify() ends a spin with no system call.
+ * Before sleeping, the loop calls every io_poll in a tight loop for up to a
+ * window, because a completion that arrives within a few microseconds is
+ * found far sooner by a load than by a kernel wake-up (about 20 µs for a
+ * sleeping vCPU). The context's own wake-up handler is one of the polled
+ * handlers, so spindle_notify() ends a spin with no system call. A monitor
+ * that can be checked from user space (io_uring: its completion ring) is
+ * checked once per round too, and then handlers without io_poll do not
+ * switch busy polling off. How long the spin lasts, the largest of the
+ * handlers' windows, is polling-windows.c's business.
  *
- * A monitor that can be checked from user space (io_uring: its completion
- * ring) is checked in every round too, so fd events end a spin at no
- * system call and handlers without io_poll do not switch busy polling off;
- * with poll and epoll such a handler does, since only the kernel sees it.
+ * The clock. A clock read costs about as much as a round of a few io_poll
+ * calls. An event that the first round finds was there already: the
+ * iteration waited 0 for it and reads no clock at all. Only when the first
+ * round found nothing does the wait start, with the first clock read; the
+ * spin then reads the clock every CLOCK_STRIDE rounds, and a stride that
+ * took far longer than the first one means the thread was not running
+ * (preempted, or its vCPU was): that time is not waiting, and the spin goes
+ * on for the rest of its window (never past the timeout).
+ *
+ * Idle handlers (polling-windows.c) are called in the first round of a spin
+ * only, so they cost nothing per round.
  *
  * poll_begin/poll_end bracket the busy-polling state. It is entered once
  * and kept across non-blocking iterations, since each begin/end pair
  * usually means toggling a device's notifications; it is left only right
  * before a kernel wait that may sleep, followed by one more round of
  * io_poll in case an event slipped in while notifications were off.
+ *
+ * Nesting. A handler's io_poll may run a nested spindle_poll (to wait for
+ * something it needs before it can finish). Its in_io_poll flag keeps the
+ * nested iterations from calling it again, which would recurse until the
+ * stack overflows; everything else runs as usual.
  */
 #include "ctx.h"
 
 #include <errno.h>
 
 #define CLOCK_STRIDE 8
+/* A stride of rounds that takes this much longer than the first one, and
+ * at least SPIN_STALL_NS, means the thread was not running meanwhile. */
+#define SPIN_STALL_FACTOR 4
+#define SPIN_STALL_NS 10000
 
-/* One call of each enabled io_poll, and of the monitor's user-space check.
- * *hit: any returned true (the wake-up handler and the monitor included);
- * the result: any io_poll that is not the wake-up handler (the monitor's
- * events count as progress when they are dispatched). */
-static bool poll_round(spindle_ctx *ctx, bool *hit)
+enum { ROUND_HIT = 1, ROUND_PROGRESS = 2 };
+
+/* One call of each enabled io_poll, except those running further up the
+ * stack: of the spinning handlers, and in the first round of a spin also of
+ * the idle ones; then the monitor's own user-space check, if it has one
+ * (io_uring: its completion ring). A true return of an io_poll marks the
+ * handler's event. Returns ROUND_HIT if an io_poll returned true (the
+ * wake-up handler included) or the monitor has events, and ROUND_PROGRESS
+ * if an io_poll that is not the wake-up handler's did (the monitor's
+ * events make progress when step 6 dispatches them). */
+static inline unsigned poll_round(spindle_ctx *ctx, const sp_fdmon *mon,
+                                  sp_wait_info *w, bool first)
 {
-    bool progress = false;
-    for (sp_link *l = sp_list_first(&ctx->polled); l != &ctx->polled;
-         l = sp_list_next(l)) {
-        sp_handler *h = &sp_container_of(l, sp_polled_handler, polled)->h;
-        if (sp_handler_enabled(ctx, h) && h->io_poll(h->opaque)) {
-            *hit = true;
-            progress |= !h->internal;
+    unsigned result = 0;
+    sp_link *head = &ctx->polled;
+    for (;;) {
+        for (sp_link *l = sp_list_first(head); l != head;
+             l = sp_list_next(l)) {
+            sp_polled_handler *p = sp_container_of(l, sp_polled_handler,
+                                                   polled);
+            if (p->in_io_poll || !sp_handler_enabled(ctx, &p->h)) {
+                continue;
+            }
+            p->in_io_poll = true;
+            bool made = p->h.io_poll(p->h.opaque);
+            p->in_io_poll = false;
+            if (made) {
+                sp_polling_mark(w, p);
+                result |= p->h.internal ? ROUND_HIT
+                                        : ROUND_HIT | ROUND_PROGRESS;
+            }
         }
+        if (!first || head == &ctx->polled_idle) {
+            break;
+        }
+        head = &ctx->polled_idle;
     }
-    const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
-                                               memory_order_relaxed);
     if (mon->poll && mon->poll(ctx)) {
-        *hit = true;
+        /* It noted its handlers' events; with none noted it ended the spin
+         * for its own reasons, and the wait taught nothing. */
+        w->cut = !w->events;
+        result |= ROUND_HIT;
     }
-    return progress;
+    return result;
 }
 
 /* Whether spinning can see every event: a handler without io_poll is seen
- * only by the kernel, unless the monitor itself is checked in user space. */
-static bool polling_sees_all(spindle_ctx *ctx)
+ * only by the kernel, unless the monitor can be checked from user space. */
+static inline bool polling_sees_all(spindle_ctx *ctx, const sp_fdmon *mon)
 {
-    return atomic_load_explicit(&ctx->fdmon, memory_order_relaxed)->poll ||
-           !sp_handlers_unpolled(ctx);
+    return mon->poll || !atomic_load_explicit(&ctx->poll_disable_cnt,
+                                              memory_order_relaxed);
 }
 
-/* A single round, as work: its time counts against the wait only if it did
- * nothing. work_ns is NULL when no one is measuring. */
-static bool poll_round_once(spindle_ctx *ctx, int64_t *timeout,
-                            int64_t *work_ns)
+/* The wait starts at the first clock read of an iteration, made once a
+ * round of io_poll calls found nothing: an event that the first round finds
+ * was there already, the iteration waited 0 for it, and a clock read (as
+ * dear as a round) would only confirm that. */
+static int64_t wait_clock(spindle_ctx *ctx, sp_wait_info *w)
 {
-    bool hit = false;
-    int64_t t0 = work_ns ? sp_now() : 0;
-    bool progress = poll_round(ctx, &hit);
-    if (hit) {
-        *timeout = 0;
+    int64_t now = sp_now();
+    if (!w->start) {
+        w->start = now;
     }
-    if (progress && work_ns) {
-        *work_ns += sp_now() - t0;
+    ctx->clock_ns = now;
+    return now;
+}
+
+/* A single round of every handler. After the wait started (the round after
+ * poll_end), its time counts against the wait only if it did nothing. */
+static bool poll_once(spindle_ctx *ctx, sp_wait_info *w, int64_t *timeout)
+{
+    const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
+                                               memory_order_acquire);
+    int64_t t0 = w->adapt && w->start ? sp_now() : 0;
+    unsigned r = poll_round(ctx, mon, w, true);
+    bool progress = r & ROUND_PROGRESS;
+    if (r & ROUND_HIT) {
+        *timeout = 0;
+    } else if (w->adapt) {
+        wait_clock(ctx, w);
+    }
+    if (progress && t0) {
+        w->unwaited_ns += sp_now() - t0;
     }
     return progress;
 }
 
-static void set_started(spindle_ctx *ctx, bool started, int64_t *work_ns)
+static void set_started_list(sp_link *head, bool started)
 {
-    if (ctx->poll_started == started) {
-        return;
-    }
-    ctx->poll_started = started;
-    int64_t t0 = work_ns ? sp_now() : 0;
-    for (sp_link *l = sp_list_first(&ctx->polled); l != &ctx->polled;
-         l = sp_list_next(l)) {
+    for (sp_link *l = sp_list_first(head); l != head; l = sp_list_next(l)) {
         sp_polled_handler *p = sp_container_of(l, sp_polled_handler, polled);
         /* Per-handler state keeps begin and end strictly paired, also for
          * handlers registered or replaced while the state was on. */
@@ -97,47 +150,100 @@ static void set_started(spindle_ctx *ctx, bool started, int64_t *work_ns)
             fn(p->h.opaque);
         }
     }
-    if (work_ns) {
-        *work_ns += sp_now() - t0;
+}
+
+/* Enter (started) or leave the busy-polling state; the caller checked
+ * that this changes it. Once the wait started, this is work. */
+static void set_started(spindle_ctx *ctx, bool started, sp_wait_info *w)
+{
+    ctx->poll_started = started;
+    int64_t t0 = w->adapt && w->start ? sp_now() : 0;
+    set_started_list(&ctx->polled, started);
+    set_started_list(&ctx->polled_idle, started);
+    if (t0) {
+        w->unwaited_ns += sp_now() - t0;
     }
 }
 
-bool sp_polling_try(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns)
+void sp_polling_begin(spindle_ctx *ctx, sp_wait_info *w, int64_t timeout)
+{
+    w->outer = ctx->wait;
+    ctx->wait = w;
+    w->serial = atomic_load_explicit(&ctx->iterations, memory_order_relaxed);
+    /* Only iterations that may wait teach the windows: not the
+     * non-blocking ones, nor blocking ones with work already due. */
+    w->adapt = timeout && ctx->poll_max_ns;
+    w->slept = false;
+    w->events = false;
+    w->overflow = false;
+    w->cut = false;
+    w->nevents = 0;
+    w->start = 0;
+    w->hit_ns = 0;
+    w->unwaited_ns = 0;
+}
+
+bool sp_polling_try(spindle_ctx *ctx, sp_wait_info *w, int64_t *timeout)
 {
     int64_t window = atomic_load_explicit(&ctx->poll_ns, memory_order_relaxed);
-    /* A timeout of -1 (infinite) compares as the largest value. */
-    uint64_t max_ns = (uint64_t)*timeout < (uint64_t)window
-                          ? (uint64_t)*timeout : (uint64_t)window;
-
-    if (!max_ns || !polling_sees_all(ctx)) {
+    const sp_fdmon *mon = atomic_load_explicit(&ctx->fdmon,
+                                               memory_order_acquire);
+    if (!window || !*timeout || !polling_sees_all(ctx, mon)) {
         /* Even without a window, one round may spare the kernel call. */
-        return poll_round_once(ctx, timeout, work_ns);
+        return poll_once(ctx, w, timeout);
+    }
+    if (!ctx->poll_started) {
+        set_started(ctx, true, w);
+    }
+    unsigned r = poll_round(ctx, mon, w, true);
+    if (r & ROUND_HIT) {
+        SP_STAT_INC(ctx, poll_hits);
+        *timeout = 0;
+        return r & ROUND_PROGRESS;
     }
 
-    set_started(ctx, true, work_ns);
-    bool hit = false, progress;
-    int64_t start = sp_now(), now = start, round_start = start;
+    /* Nothing yet: the wait starts, and the spin with it (window > 0 means
+     * poll_max_ns > 0, so this iteration adapts). */
+    bool hit, progress;
+    int64_t start = wait_clock(ctx, w), now = start;
+    int64_t stride_ns = 0, stalled_ns = 0;
     unsigned rounds = 0;
     do {
-        progress = poll_round(ctx, &hit);
+        r = poll_round(ctx, mon, w, false);
+        hit = r & ROUND_HIT;
+        progress = r & ROUND_PROGRESS;
         /* A clock read costs more than a round of a few io_poll calls, so
          * the window is checked every CLOCK_STRIDE rounds; the rounds in
-         * between count as work if one made progress. */
+         * between count as work if one made progress. A stride that took
+         * far longer than the first means the thread did not run. */
         if (hit || ++rounds % CLOCK_STRIDE == 0) {
-            round_start = now;
+            int64_t last = now;
             now = sp_now();
+            int64_t took = now - last;
+            if (progress) {
+                w->unwaited_ns += took;
+            } else if (!stride_ns) {
+                stride_ns = took;
+            } else if (took > SPIN_STALL_NS &&
+                       took > SPIN_STALL_FACTOR * stride_ns) {
+                stalled_ns += took - stride_ns;
+                SP_STAT_INC(ctx, poll_stalls);
+            }
         }
-        /* A handler without io_poll registered meanwhile means polling can
-         * no longer see everything: go to the kernel. */
-    } while (!hit && (uint64_t)(now - start) < max_ns &&
-             polling_sees_all(ctx));
+        /* The window counts time spent spinning, the timeout wall-clock
+         * time (a timeout of -1 compares as the largest value). A handler
+         * without io_poll registered meanwhile ends the spin, unless the
+         * monitor sees it from user space. */
+    } while (!hit && now - start - stalled_ns < window &&
+             (uint64_t)(now - start) < (uint64_t)*timeout &&
+             polling_sees_all(ctx, mon));
 
+    ctx->clock_ns = now;
+    w->unwaited_ns += stalled_ns;
     if (hit) {
         SP_STAT_INC(ctx, poll_hits);
         *timeout = 0;
-        if (progress && work_ns) {
-            *work_ns += now - round_start;
-        }
+        w->hit_ns = now;
     } else {
         SP_STAT_INC(ctx, poll_misses);
         if (*timeout > 0) {
@@ -148,54 +254,11 @@ bool sp_polling_try(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns)
     return progress;
 }
 
-bool sp_polling_leave(spindle_ctx *ctx, int64_t *timeout, int64_t *work_ns)
+bool sp_polling_leave(spindle_ctx *ctx, sp_wait_info *w, int64_t *timeout)
 {
     if (!ctx->poll_started) {
         return false;
     }
-    set_started(ctx, false, work_ns);
-    return poll_round_once(ctx, timeout, work_ns);
-}
-
-void sp_polling_adapt(spindle_ctx *ctx, int64_t block_ns)
-{
-    int64_t ns = atomic_load_explicit(&ctx->poll_ns, memory_order_relaxed);
-    int64_t max = ctx->poll_max_ns;
-
-    if (block_ns <= ns) {
-        return; /* the window caught it, or would have */
-    }
-    if (block_ns > max) {
-        ns = ctx->poll_shrink ? ns / ctx->poll_shrink : 0;
-    } else if (ns < max && block_ns < max) {
-        int64_t grow = ctx->poll_grow ? ctx->poll_grow : SP_POLL_GROW_DEFAULT;
-        ns = !ns ? SP_POLL_START_NS : ns > max / grow ? max : ns * grow;
-        if (ns > max) {
-            ns = max;
-        }
-    } else {
-        return;
-    }
-    atomic_store_explicit(&ctx->poll_ns, ns, memory_order_relaxed);
-}
-
-int spindle_set_poll_params(spindle_ctx *ctx, int64_t max_ns, int64_t grow,
-                            int64_t shrink)
-{
-    if (!ctx || max_ns < 0 || grow < 0 || shrink < 0) {
-        return -EINVAL;
-    }
-    ctx->poll_max_ns = max_ns;
-    ctx->poll_grow = grow;
-    ctx->poll_shrink = shrink;
-    atomic_store_explicit(&ctx->poll_ns, 0, memory_order_relaxed);
-    return 0;
-}
-
-int64_t spindle_get_poll_ns(const spindle_ctx *ctx)
-{
-    if (!ctx) {
-        return -EINVAL;
-    }
-    return atomic_load_explicit(&ctx->poll_ns, memory_order_relaxed);
+    set_started(ctx, false, w);
+    return poll_once(ctx, w, timeout);
 }

@@ -497,7 +497,7 @@ static sp_pool *pool_new(spindle_ctx *ctx)
         goto fail_doorbell;
     }
     r = sp_handler_set(ctx, p->doorbell.rfd, false, pool_read, NULL,
-                       pool_poll, p, false);
+                       pool_poll, p, &p->doorbell, false);
     if (r < 0) {
         goto fail_bh;
     }
@@ -572,7 +572,7 @@ void sp_pool_destroy(spindle_ctx *ctx)
     spindle_bh_delete(p->bh);
     /* The handler record goes with the context's others; its fd now. */
     sp_handler_set(ctx, p->doorbell.rfd, false, NULL, NULL, NULL, NULL,
-                   false);
+                   NULL, false);
     sp_notifier_destroy(&p->doorbell);
     pthread_cond_destroy(&p->exit_cond);
     pthread_cond_destroy(&p->work_cond);

@@ -32,6 +32,8 @@ typedef struct lt_fix {
     spindle_bh *bh;
     spindle_thread *self; /* for the callback that frees its own thread */
     long plain;                 /* written by callbacks without atomics */
+    atomic_bool armed;          /* the self-freeing handler's registration
+                                 * returned */
 } lt_fix;
 
 static int lt_setup(void **state)
@@ -259,6 +261,12 @@ static int loop_threads_alive(void)
 static void self_free_cb(void *opaque)
 {
     lt_fix *f = opaque;
+    /* The pipe orders the registration before this call, but only the
+     * kernel sees that: the acquire makes it visible to ThreadSanitizer
+     * too (the registration's notify reads the context this frees). */
+    while (!atomic_load_explicit(&f->armed, memory_order_acquire)) {
+        sched_yield();
+    }
     spindle_thread_free(f->self); /* returns at once */
     atomic_fetch_add(&f->runs, 1);
 }
@@ -276,6 +284,7 @@ static void free_from_its_own_callback_stops_and_cleans_up(void **state)
      * was still notifying it. */
     assert_int_equal(spindle_set_fd_handler(f->ctx, f->pipe[0], false,
                                             self_free_cb, NULL, NULL, f), 0);
+    atomic_store_explicit(&f->armed, true, memory_order_release);
     assert_int_equal(write(f->pipe[1], "x", 1), 1);
     wait_uint_at_least(&f->runs, 1);
     /* It stops after the callback and frees the context and itself (the

@@ -1233,6 +1233,70 @@ static void interest_changes_race_with_registration_from_another_thread(
     close(sv[1]);
 }
 
+/* ------------------------------------------------------------------------
+ * Polled event notifiers removed and freed by another thread
+ */
+
+#define NOTIFIER_CHURN SCALE(1000u, 200u)
+
+static atomic_uint churn_reads;
+
+static void churn_notifier_read(void *opaque)
+{
+    (void)opaque; /* the notifier may be freed already: not touched */
+    atomic_fetch_add(&churn_reads, 1);
+}
+
+static bool churn_notifier_poll(void *opaque)
+{
+    (void)opaque;
+    return false;
+}
+
+static void polled_notifier_freed_right_after_removal_from_another_thread(void **state)
+{
+    /* A loop woken by an event notifier reads when it was set, to adapt
+     * the handler's polling window; meanwhile another thread removes the
+     * registration and frees the notifier at once, which the API allows.
+     * The loop must not read the freed notifier (ASan, TSan), reading
+     * windows from this thread must see a window or -ENOENT, and the loop
+     * goes on. */
+    (void)state;
+    spindle_ctx *ctx = harness_ctx_new();
+    struct looper lp;
+    atomic_store(&churn_reads, 0);
+    looper_start(&lp, ctx);
+    unsigned windows = 0;
+    for (unsigned i = 0; i < NOTIFIER_CHURN; i++) {
+        spindle_notifier *n = spindle_notifier_new(false);
+        assert_non_null(n);
+        int fd = spindle_notifier_fd(n);
+        assert_int_equal(spindle_set_event_notifier(ctx, n, false,
+                                                    churn_notifier_read,
+                                                    churn_notifier_poll, NULL),
+                         0);
+        assert_int_equal(spindle_notifier_set(n), 0);
+        if (i % 2) {
+            /* Every other round, until the loop has seen it. */
+            unsigned long long r = looper_mark(&lp);
+            looper_advance_to(&lp, r + 2);
+        }
+        int64_t w = spindle_get_handler_poll_ns(ctx, fd);
+        assert_true(w >= 0);
+        windows++;
+        assert_int_equal(spindle_set_event_notifier(ctx, n, false, NULL, NULL,
+                                                    NULL), 0);
+        spindle_notifier_free(n);
+        w = spindle_get_handler_poll_ns(ctx, fd);
+        assert_true(w == -ENOENT || w >= 0); /* the number may be reused */
+        assert_true(spindle_get_poll_ns(ctx) >= 0);
+    }
+    looper_stop(&lp);
+    assert_int_equal(windows, NOTIFIER_CHURN);
+    assert_true(atomic_load(&churn_reads) > 0);
+    spindle_ctx_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1251,6 +1315,7 @@ int main(void)
         TEST(poll_while_another_thread_is_inside_poll_returns_ebusy_and_changes_nothing),
         TEST(external_disabled_and_enabled_from_another_thread),
         TEST(interest_changes_race_with_registration_from_another_thread),
+        TEST(polled_notifier_freed_right_after_removal_from_another_thread),
     };
     /* SPINDLE_TEST_FILTER=pattern (cmocka's * and ? wildcards) runs only
      * the matching tests, e.g. to repeat one under a debugger. */

@@ -18,9 +18,13 @@
 
 typedef struct side side;
 struct side {
+    /* The line the other side writes (cell) and reads (polling): nothing
+     * else on it, so a hand-off moves this line and no other, as the
+     * floor's single line does. */
     _Alignas(64) _Atomic long cell; /* written by the other side */
     _Atomic bool polling;           /* between poll_begin and poll_end */
-    spindle_ctx *ctx;
+    /* The side's own fields, written at every hand-off. */
+    _Alignas(64) spindle_ctx *ctx;
     spindle_notifier *n;
     long seen;
     side *peer;
@@ -123,6 +127,23 @@ static void serve_stop(serve *sv, pthread_t t)
     pthread_join(t, NULL);
 }
 
+/* BENCH_STATS=1: per side, per thousand round trips. B's are read while its
+ * thread still runs: counters are written by one thread, so the values may
+ * lag, never tear. */
+static void print_stats(bool poll_off, side *a, side *b, long n)
+{
+    for (int i = 0; i < 2; i++) {
+        spindle_stats st;
+        spindle_get_stats(i ? b->ctx : a->ctx, &st);
+        fprintf(stderr, "polled-rtt%s %s: %ld rtt; per 1000: iterations %.0f, kernel waits %.1f "
+                "(blocking %.1f), poll hits %.0f, misses %.1f; window %lld ns\n",
+                poll_off ? " (poll off)" : "", i ? "B (serving)" : "A", n,
+                1000.0 * st.iterations / n, 1000.0 * st.kernel_waits / n,
+                1000.0 * st.blocking_waits / n, 1000.0 * st.poll_hits / n,
+                1000.0 * st.poll_misses / n, (long long)st.poll_ns);
+    }
+}
+
 static rtt_sample polled_once(bool poll_off, long n)
 {
     static side a, b; /* cache-line aligned */
@@ -141,15 +162,8 @@ static rtt_sample polled_once(bool poll_off, long n)
     while (!a.done)
         spindle_poll(a.ctx, true);
     int64_t t1 = now_ns(), c1 = thread_cpu_ns();
-    if (getenv("BENCH_STATS")) { /* for tuning: what did the loops do per round trip */
-        spindle_stats st;
-        spindle_get_stats(a.ctx, &st);
-        fprintf(stderr, "polled-rtt%s A: %ld rtt: iterations %.2f, kernel waits %.2f (blocking %.2f), "
-                "poll hits %.2f, misses %.2f per rtt; window %lld ns\n", poll_off ? " (poll off)" : "",
-                a.count, (double)st.iterations / a.count, (double)st.kernel_waits / a.count,
-                (double)st.blocking_waits / a.count, (double)st.poll_hits / a.count,
-                (double)st.poll_misses / a.count, (long long)st.poll_ns);
-    }
+    if (getenv("BENCH_STATS")) /* for tuning: what did the loops do per round trip */
+        print_stats(poll_off, &a, &b, a.count);
     serve_stop(&sv, t);
     BENCH_CHECK(a.count > 0 && a.count <= n, "polled-rtt: %ld round trips (of %ld)",
                 a.count, n);

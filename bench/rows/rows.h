@@ -11,6 +11,7 @@
 void row_wake(bool busy);
 void row_polled(void);
 void row_polled_low_load(void);
+void row_polled_mixed(void);
 void row_fd_dispatch(void);
 void row_timers(void);
 void row_defer(void);

@@ -372,7 +372,15 @@ void row_timers(void)
         result_add("timers churn x-thread", param, "loop CPU ns/op", impls[i].label,
                    impls[i].kind, w, cfg.reps, "the loop thread's, applying them");
     }
+    /* The live second also without busy polling: with the default window
+     * the loop spins through the microsecond gaps between deadlines (its
+     * waits are all shorter than the window), which costs the whole core
+     * and buys lateness; the poll-off line shows the sleeping loop. */
     snprintf(param, sizeof param, "n=%ld", n);
+    memmove(&impls[2], &impls[1], sizeof *impls * (size_t)(k - 1));
+    impls[1] = (bench_impl){"spindle (poll off)", &adapter_spindle, {.poll_off = true},
+                            KIND_SPINDLE};
+    k++;
     for (int i = 0; i < k; i++) {
         if (!impl_wanted(impls[i].label))
             continue;
