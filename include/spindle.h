@@ -285,7 +285,14 @@ SPINDLE_API int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out);
  *   io_uring during busy polling, a read made elsewhere between the event
  *   and the call (by another thread, or by the program between two
  *   iterations) can leave the call with nothing to
- *   read: use non-blocking fds, as with any event loop.
+ *   read: use non-blocking fds, as with any event loop. Also on io_uring,
+ *   the kernel reports readiness through work it runs on the loop thread,
+ *   which can come microseconds late while other threads' events on the
+ *   same ring race with it: a non-blocking iteration may then miss an fd
+ *   that became ready just before it, and a later one calls its handler
+ *   (a blocking wait wakes for it). A handler registered, or whose
+ *   interest is turned on, while its fd is ready is called by the next
+ *   iteration on every back-end.
  * - Registering an fd that is already registered replaces its callbacks (a
  *   new record is installed; poll_begin/poll_end and the polling window
  *   carry over when both have an io_poll).
