@@ -415,6 +415,61 @@ static void fd_events_while_busy_polling_cost_the_loop_no_system_call(void **sta
     assert_int_equal(r.calls, EVENTS);
 }
 
+/* Serves p->n pings from another thread on ctx, with blocking iterations. */
+static void serve_pings(spindle_ctx *ctx, int fds[2], unsigned n)
+{
+    reader r = { .fd = fds[0] };
+    assert_int_equal(spindle_set_fd_handler(ctx, fds[0], false, read_one,
+                                            NULL, NULL, &r), 0);
+    pinger p = { .fd = fds[1], .r = &r, .n = n };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, ping, &p), 0);
+    while (r.calls < n) {
+        spindle_poll(ctx, true);
+    }
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(r.calls, n);
+    assert_int_equal(spindle_set_fd_handler(ctx, fds[0], false, NULL, NULL,
+                                            NULL, NULL), 0);
+}
+
+/* A context made with busy polling off runs a cooperative ring: the kernel
+ * does not interrupt the loop thread for each event, the work runs at the
+ * loop's next system call (fdmon-io_uring.c). A sleeping loop is still
+ * woken by every event from another thread; and when polling is turned on
+ * later, the spin still sees every event (it enters the kernel when the
+ * ring flags pending work). */
+static void context_without_busy_polling_runs_a_cooperative_ring(void **state)
+{
+    enum { EVENTS = 2000 };
+    fixture *f = *state;
+    (void)ring_ctx(state);
+    spindle_options o = SPINDLE_OPTIONS_INIT;
+    o.backend = SPINDLE_BACKEND_IO_URING;
+    o.poll_max_ns = 0;
+    spindle_ctx *ctx = spindle_ctx_new_opts(&o);
+    assert_non_null(ctx);
+    assert_true(spindle_has_io_uring(ctx));
+
+    spindle_stats s0 = stats_of(ctx);
+    serve_pings(ctx, f->pipe, EVENTS);
+    spindle_stats s1 = stats_of(ctx);
+    assert_true(s1.blocking_waits > s0.blocking_waits);
+    assert_int_equal(s1.poll_hits, 0);
+
+    assert_int_equal(spindle_set_poll_params(ctx, 1000 * MS, 2, 0), 0);
+    serve_pings(ctx, f->pipe, EVENTS);
+    spindle_stats s2 = stats_of(ctx);
+    print_message("cooperative ring: %llu loop system calls for %d events "
+                  "asleep, %llu for %d busy-polled (%llu poll hits)\n",
+                  (unsigned long long)(s1.monitor_syscalls - s0.monitor_syscalls),
+                  EVENTS,
+                  (unsigned long long)(s2.monitor_syscalls - s1.monitor_syscalls),
+                  EVENTS, (unsigned long long)(s2.poll_hits - s1.poll_hits));
+    assert_true(s2.poll_hits > s1.poll_hits);
+    spindle_ctx_free(ctx);
+}
+
 typedef struct begin_end {
     unsigned begins, ends;
 } begin_end;
@@ -1148,6 +1203,7 @@ int main(void)
         RING_TEST(set_then_cleared_fd_is_not_reported),
         RING_TEST(fd_events_while_busy_polling_cost_the_loop_no_system_call),
         RING_TEST(handler_without_io_poll_keeps_busy_polling_on),
+        RING_TEST(context_without_busy_polling_runs_a_cooperative_ring),
         RING_TEST(blocking_wait_sleeps_until_a_nanosecond_deadline),
         RING_TEST(short_sleeps_honour_the_timer_slack),
         RING_TEST(signals_interrupting_the_wait_are_harmless),
