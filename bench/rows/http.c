@@ -21,23 +21,26 @@ typedef struct http_impl {
     const char *label;
     int kind;
     const char *path, *env;
+    const char *flag; /* one more argument for the server, or NULL */
 } http_impl;
 
 /* "spindle" is the default back-end (AUTO: io_uring where the kernel
  * allows it; its note says which). */
 static const http_impl main_impls[] = {
-    {"spindle", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL},
-    {"spindle epoll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=epoll"},
-    {"libuv", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libuv", NULL},
-    {"libev", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libev", NULL},
+    {"spindle", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL, NULL},
+    {"spindle (poll off)", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL, "-n"},
+    {"spindle epoll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=epoll", NULL},
+    {"libuv", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libuv", NULL, NULL},
+    {"libev", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libev", NULL, NULL},
 };
 
 static const http_impl toggle_impls[] = {
-    {"spindle", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL},
-    {"spindle epoll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=epoll"},
-    {"spindle poll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=poll"},
-    {"libuv", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libuv", NULL},
-    {"libev", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libev", NULL},
+    {"spindle", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL, NULL},
+    {"spindle (poll off)", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", NULL, "-n"},
+    {"spindle epoll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=epoll", NULL},
+    {"spindle poll", KIND_SPINDLE, HTTP_HELLO_DIR "/http-hello", "SPINDLE_BACKEND=poll", NULL},
+    {"libuv", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libuv", NULL, NULL},
+    {"libev", KIND_PEER, HTTP_HELLO_DIR "/http-hello-libev", NULL, NULL},
 };
 
 /* The back-end an AUTO context gets here, for the note of "spindle". */
@@ -89,7 +92,12 @@ static pid_t start(const http_impl *im, bool toggle, int *port)
     *port = free_tcp_port();
     snprintf(portbuf, sizeof portbuf, "%d", *port);
     snprintf(log, sizeof log, "%s/http-hello.log", cfg.out_dir);
-    char *argv[] = {(char *)im->path, "-p", portbuf, toggle ? "-w" : NULL, NULL};
+    char *argv[6] = {(char *)im->path, "-p", portbuf}, **more = &argv[3];
+    if (toggle)
+        *more++ = "-w";
+    if (im->flag)
+        *more++ = (char *)im->flag;
+    *more = NULL;
     pid_t pid = proc_start(argv, im->env, log);
     server_wait_port(pid, *port, log);
     return pid;

@@ -1,6 +1,6 @@
 /* http-hello: a minimal HTTP/1.1 server on spindle.
  *
- *   http-hello [-p PORT] [-t THREADS] [-w]
+ *   http-hello [-p PORT] [-t THREADS] [-w] [-n]
  *
  * Answers every GET with "Hello, world!" on 127.0.0.1:PORT (0, the default:
  * any free port; the first line on stdout says which), keeps connections
@@ -29,6 +29,11 @@
  *   one the loop waits for. -w instead turns write interest on for every
  *   request and answers from io_write: the variant `make bench` uses to
  *   measure what changing interest costs.
+ * - The loop threads busy-poll by default (SPINDLE_OPTIONS_INIT). -n turns
+ *   that off (poll_max_ns 0): where wrk and the server share a few CPUs, a
+ *   spinning loop takes CPU time the client needs, and on io_uring a
+ *   context that never spins runs a cooperative ring, which the kernel
+ *   does not interrupt for every event (see spindle.h, spindle_options).
  * - The main thread runs a context too, with one handler: a signalfd, which
  *   turns SIGINT and SIGTERM into a readable fd. Then every thread stops,
  *   every connection is closed, and the program exits with status 0.
@@ -157,11 +162,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "http-hello: cannot set up\n");
         return 1;
     }
+    spindle_options loop_opts = SPINDLE_OPTIONS_INIT;
+    if (o.no_busy_polling)
+        loop_opts.poll_max_ns = 0;
     int port = o.port;
     for (int i = 0; i < o.threads; i++) {
         worker *w = &workers[i];
         w->listen_fd = example_listen(port, true, &port); /* the same port for all */
-        w->thread = w->listen_fd >= 0 ? spindle_thread_new(NULL) : NULL;
+        w->thread = w->listen_fd >= 0 ? spindle_thread_new(&loop_opts) : NULL;
         if (!w->thread) {
             fprintf(stderr, "http-hello: cannot listen on port %d or start a thread\n", port);
             return 1;

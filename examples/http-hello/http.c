@@ -189,6 +189,8 @@ bool http_parse_args(int argc, char **argv, const char *name, http_opts *o)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-w")) {
             o->toggle_write = true;
+        } else if (!strcmp(argv[i], "-n")) {
+            o->no_busy_polling = true;
         } else if (!strcmp(argv[i], "-p") && i + 1 < argc) {
             if (!example_parse_long("port", argv[++i], 0, 65535, &v))
                 return false;
@@ -198,7 +200,7 @@ bool http_parse_args(int argc, char **argv, const char *name, http_opts *o)
                 return false;
             o->threads = (int)v;
         } else {
-            fprintf(stderr, "usage: %s [-p PORT] [-t THREADS] [-w]\n", name);
+            fprintf(stderr, "usage: %s [-p PORT] [-t THREADS] [-w] [-n]\n", name);
             return false;
         }
     }

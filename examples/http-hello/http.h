@@ -49,6 +49,7 @@ int http_on_writable(http_conn *c);
 typedef struct http_opts {
     int port, threads;
     bool toggle_write;
+    bool no_busy_polling; /* -n: spindle's loops do not spin (others never do) */
 } http_opts;
 /* Parse argv; on a bad one print usage and return false. */
 bool http_parse_args(int argc, char **argv, const char *name, http_opts *o);

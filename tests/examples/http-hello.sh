@@ -2,7 +2,8 @@
 # http-hello (any of its builds: spindle, libuv, libev) against curl and raw
 # sockets (socat): answers, keep-alive, pipelining in order, bad requests,
 # clients that vanish, many at once; no fd leaked, exit 0 on SIGTERM. Then
-# the same with -w (write interest toggled for every request).
+# the same with -w (write interest toggled for every request) and -n (no
+# busy polling: on io_uring, a cooperative ring).
 #
 #   http-hello.sh HTTP_HELLO
 # SPDX-License-Identifier: MIT
@@ -90,7 +91,7 @@ check_out_of_fds
 [ "$(curl -sS "http://127.0.0.1:$port/")" = "Hello, world!" ] || fail "no service after the fd limit was raised"
 ok "...and serving again once fds are free"
 stop_server
-start_server "$server" -w
+start_server "$server" -w -n
 checks
 stop_server
 echo "all http-hello checks passed"
