@@ -141,18 +141,13 @@ static bool cq_ready(sp_uring *u)
     return io_uring_smp_load_acquire(u->ring.cq.ktail) != *u->ring.cq.khead;
 }
 
-/* A cooperative ring has work pending that will post completions once the
- * loop enters the kernel (see the top of the file). */
-static bool taskrun_pending(sp_uring *u)
+/* Completions wait in the kernel until an io_uring_enter with GETEVENTS:
+ * those that did not fit the ring (NODROP), and, on a cooperative ring,
+ * those whose task work has not run yet (see the top of the file). */
+static bool kernel_holds_completions(sp_uring *u)
 {
-    return IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN;
-}
-
-/* Completions that did not fit the ring wait in the kernel (NODROP) until
- * an io_uring_enter with GETEVENTS moves them in. */
-static bool cq_overflowed(sp_uring *u)
-{
-    return IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW;
+    return IO_URING_READ_ONCE(*u->ring.sq.kflags) &
+           (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN);
 }
 
 /* SQEs prepared that the kernel has not taken yet. */
@@ -176,8 +171,7 @@ static int ring_enter(spindle_ctx *ctx, sp_uring *u, bool wait,
         io_uring_smp_store_release(sq->ktail, sq->sqe_tail);
     }
     unsigned to_submit = sq->sqe_tail - *sq->khead;
-    /* GETEVENTS moves overflowed CQEs in and runs pending task work. */
-    bool flush = cq_overflowed(u) || taskrun_pending(u);
+    bool flush = kernel_holds_completions(u);
     if (!to_submit && !wait && !flush) {
         return 0;
     }
@@ -678,8 +672,7 @@ static void ring_wait(spindle_ctx *ctx, int64_t timeout_ns)
 static bool ring_need_wait(spindle_ctx *ctx)
 {
     sp_uring *u = ctx->uring;
-    return cq_ready(u) || sq_pending(u) || cq_overflowed(u) ||
-           taskrun_pending(u) ||
+    return cq_ready(u) || sq_pending(u) || kernel_holds_completions(u) ||
            atomic_load_explicit(&u->changes_pending, memory_order_relaxed);
 }
 
@@ -701,7 +694,7 @@ static bool ring_poll(spindle_ctx *ctx)
      * next wait: the spin may run a long window meanwhile. */
     sp_interest_apply(ctx);
     if (atomic_load_explicit(&u->changes_pending, memory_order_relaxed) ||
-        sq_pending(u) || cq_overflowed(u) || taskrun_pending(u)) {
+        sq_pending(u) || kernel_holds_completions(u)) {
         apply_changes(ctx, u);
         ring_enter(ctx, u, false, NULL);
     }
