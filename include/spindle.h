@@ -135,7 +135,7 @@ SPINDLE_API spindle_ctx *spindle_ctx_new(void);
  * ring instead, whose events are taken at the loop's next system call: for
  * a throughput server whose clients share its CPUs that is the faster
  * choice (http-hello -n under wrk on 2 vCPUs: about 1.8x the requests/s of
- * the spinning default, and ahead of epoll). Polling turned on later with
+ * the spinning default, level with epoll). Polling turned on later with
  * spindle_set_poll_params() still sees every event, at a system call per
  * batch of them.
  *
