@@ -295,9 +295,15 @@ static bool disarm(spindle_ctx *ctx, sp_uring *u, sp_handler *h)
     if (!sqe) {
         return false;
     }
-    /* Its own completion carries user_data 0 and is dropped; the poll's
-     * last CQE (-ECANCELED) ends the record's request. */
-    io_uring_prep_poll_remove(sqe, (uintptr_t)h | SP_RING_TAG_POLL);
+    /* A cancel, not a POLL_REMOVE: a removal that meets a wake-up of the
+     * poll being processed (task work queued from another CPU) fails with
+     * -EALREADY and leaves the poll armed, so its last CQE never came and
+     * the record stayed REMOVING for good (an nbd-server that toggled its
+     * listening socket's interest stopped accepting). A cancel marks the
+     * poll and lets whoever owns it end it. Its own completion carries
+     * user_data 0 and is dropped; the poll's last CQE (-ECANCELED) ends the
+     * record's request. */
+    io_uring_prep_cancel64(sqe, (uintptr_t)h | SP_RING_TAG_POLL, 0);
     set_state(h, RING_REMOVING);
     u->removing++;
     return true;

@@ -1150,6 +1150,69 @@ static void registration_on_a_ready_fd_is_called_by_the_next_iteration(
     assert_int_equal(calls[0] + calls[1], REGISTRATIONS);
 }
 
+/* Interest turned off and on again while another thread keeps the fd's
+ * poll firing: the poll's removal may reach the kernel while a wake-up of
+ * it is being processed, which a POLL_REMOVE request refuses (-EALREADY),
+ * leaving the poll armed and its record waiting forever for a last
+ * completion. Seen as an nbd-server that stopped accepting after running
+ * out of fds. Each time interest comes back, the handler must be called. */
+typedef struct writer {
+    int fd;
+    atomic_bool stop;
+} writer;
+
+static void *keep_writing(void *opaque)
+{
+    writer *w = opaque;
+    char c = 0;
+    while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
+        (void)write(w->fd, &c, 1); /* EAGAIN while the pipe is full */
+    }
+    return NULL;
+}
+
+static void drain_and_count(void *opaque)
+{
+    reader *r = opaque;
+    char buf[4096];
+    while (read(r->fd, buf, sizeof(buf)) > 0) {
+    }
+    r->calls++;
+}
+
+static void interest_back_on_while_the_fd_fires_calls_the_handler(void **state)
+{
+    enum { TOGGLES = 3000, MAX_ITERATIONS = 100000 };
+    fixture *f = *state;
+    spindle_ctx *ctx = ring_ctx(state);
+    reader r = { .fd = f->pipe[0] };
+    assert_int_equal(spindle_set_fd_handler(ctx, f->pipe[0], false,
+                                            drain_and_count, NULL, NULL, &r),
+                     0);
+    writer w = { .fd = f->pipe[1], .stop = false };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, keep_writing, &w), 0);
+    unsigned toggles = 0, iterations = 0;
+    for (; toggles < TOGGLES; toggles++) {
+        assert_int_equal(spindle_set_fd_interest(ctx, f->pipe[0], false,
+                                                 false), 0);
+        spindle_poll(ctx, false); /* the removal goes out */
+        assert_int_equal(spindle_set_fd_interest(ctx, f->pipe[0], true,
+                                                 false), 0);
+        unsigned calls = r.calls;
+        for (iterations = 0; r.calls == calls && iterations < MAX_ITERATIONS;
+             iterations++) {
+            spindle_poll(ctx, false);
+        }
+        if (r.calls == calls) {
+            break; /* reported below, after the thread is stopped */
+        }
+    }
+    atomic_store_explicit(&w.stop, true, memory_order_relaxed);
+    pthread_join(th, NULL);
+    assert_int_equal(toggles, TOGGLES);
+}
+
 /* A ring closed with a poll still armed is torn down only when the process
  * exits, and holds the polled files open until then (and its kernel
  * memory: about 150 KiB per context). spindle_ctx_free removes every poll
@@ -1218,6 +1281,7 @@ int main(void)
         RING_TEST(multishot_request_calls_done_per_completion),
         RING_TEST(ctx_free_with_requests_in_flight_cancels_and_reaps_them),
         RING_TEST(registration_on_a_ready_fd_is_called_by_the_next_iteration),
+        RING_TEST(interest_back_on_while_the_fd_fires_calls_the_handler),
         RING_TEST(sockets_closed_after_ctx_free_hang_up_at_once),
     };
     return cmocka_run_group_tests_name(__FILE__, tests, NULL, NULL);
