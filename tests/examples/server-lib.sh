@@ -14,16 +14,20 @@ need() {
     done
 }
 
-# A command that fails outside an explicit check says so before the script
-# exits (set -e), instead of ending the test without a word.
+# Failures are reported on fd 3, the test's own output: a check that fails
+# inside a command whose output is discarded (a client run as
+# `nbdinfo ... >/dev/null` that times out, say) must still say so. A
+# command that fails outside an explicit check says so too before the
+# script exits (set -e), instead of ending the test without a word.
+exec 3>&1
 set -E
-trap 'echo "FAIL: line $LINENO: $BASH_COMMAND (status $?)"' ERR
+trap 'echo "FAIL: line $LINENO: $BASH_COMMAND (status $?)" >&3' ERR
 
 tmp=$(mktemp -d)
 srv_pid=
 cleanup() {
     local st=$?
-    [ "$st" -eq 0 ] || [ "$st" -eq 77 ] || echo "(exit status $st)"
+    [ "$st" -eq 0 ] || [ "$st" -eq 77 ] || echo "(exit status $st)" >&3
     if [ -n "$srv_pid" ]; then
         kill -9 "$srv_pid" 2>/dev/null || true
         wait "$srv_pid" 2>/dev/null || true
@@ -33,8 +37,8 @@ cleanup() {
 trap cleanup EXIT
 
 fail() {
-    echo "FAIL: $*"
-    if [ -s "$tmp/server.err" ]; then sed 's/^/  server: /' "$tmp/server.err"; fi
+    echo "FAIL: $*" >&3
+    if [ -s "$tmp/server.err" ]; then sed 's/^/  server: /' "$tmp/server.err" >&3; fi
     exit 1
 }
 ok() { echo "ok   $*"; }
