@@ -57,7 +57,7 @@
  * at all removes the poll, and interest coming back re-arms it.
  *
  * Removal races. A record known to the kernel is SP_RING_OWNED: retire()
- * leaves it to the ring. The loop sends a poll removal; the request's last
+ * leaves it to the ring. The loop cancels the poll (disarm()); the last
  * CQE (no IORING_CQE_F_MORE) may come iterations later, and CQEs of a
  * retired record are skipped (`deleted`), so only then, and once it left
  * the change queue and the re-check set, is the record released to the
