@@ -40,9 +40,10 @@
  *
  * Costs: insert and remove O(1). Each timer is moved once per level it
  * descends (at most 8) and sorted once in its level-0 bucket. The timeout
- * is exact unless the earliest timers are in a bucket above level 0 that is
- * more than one level-1 slot away and holds more than SCAN_MAX timers; the
- * loop then wakes at that bucket's start, at most once per level.
+ * is exact unless the earliest timers are in a bucket that is more than
+ * one level-1 slot away and holds more than SCAN_MAX timers; the loop then
+ * wakes at that bucket's start, at most once per level. Asked again of an
+ * unchanged wheel, the timeout costs O(1) (the memo, at sp_wheel_next).
  */
 #include "timer-wheel.h"
 
@@ -663,6 +664,7 @@ void sp_wheel_settle(sp_wheel *w, int64_t now)
     if (w->linked) {
         return;
     }
+    w->memo_valid = false;
     /* Empty: start the wheel time at the clock, so new timers land in the
      * lowest levels that fit them (fewer cascades later). */
     for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
@@ -673,6 +675,7 @@ void sp_wheel_settle(sp_wheel *w, int64_t now)
 
 void sp_wheel_insert(sp_wheel *w, spindle_timer *t)
 {
+    w->memo_valid = false;
     w->linked++;
     if (is_late(w, t->key)) {
         push(&w->late, t);
@@ -699,6 +702,7 @@ void sp_wheel_move(sp_wheel *w, spindle_timer *t, int64_t key, uint32_t seq)
             !is_staged(w, level, d)) {
             t->key = key;
             t->seq = seq;
+            w->memo_valid = false;
             return;
         }
     }
@@ -713,6 +717,7 @@ void sp_wheel_remove(sp_wheel *w, spindle_timer *t)
     if (!t->pprev) {
         return;
     }
+    w->memo_valid = false;
     if (t == w->run_last) {
         w->run_last = run_prev(w, t);
     }
@@ -726,6 +731,7 @@ void sp_wheel_remove(sp_wheel *w, spindle_timer *t)
 
 int64_t sp_wheel_start_run(sp_wheel *w, int64_t now)
 {
+    w->memo_valid = false;
     check_clock(w, now);
     merge_late(w);
     int64_t outer = w->run_now;
@@ -748,12 +754,16 @@ spindle_timer *sp_wheel_due(sp_wheel *w)
 
 void sp_wheel_end_run(sp_wheel *w, int64_t outer)
 {
+    w->memo_valid = false;
     stage_work(w, w->run_now, w->run_now);
     w->run_now = outer;
 }
 
-static int64_t next_key(sp_wheel *w, int64_t now, bool exact)
+/* `until`: the answer holds for every `now` before it while the wheel does
+ * not change (time alone would make it cascade or open a bucket). */
+static int64_t next_key(sp_wheel *w, int64_t now, bool exact, int64_t *until)
 {
+    *until = INT64_MAX;
     if (!w->linked) {
         sp_wheel_settle(w, now);
         return INT64_MAX;
@@ -778,10 +788,14 @@ static int64_t next_key(sp_wheel *w, int64_t now, bool exact)
             return late;
         }
         uint64_t start = bucket_start(w, level, d);
-        if (level == 0 || (int64_t)start <= now + EARLY_NS) {
+        /* Not a bucket further ahead, even at level 0: opening it would
+         * put the wheel time that far ahead of the clock, and the next run
+         * would take the clock for one set back (check_clock). */
+        if ((int64_t)start <= now + EARLY_NS) {
             step(w, level, d);
             continue;
         }
+        *until = (int64_t)start - EARLY_NS;
         /* Its earliest key is the earliest of the wheel. */
         int64_t min = INT64_MAX;
         unsigned n = 0;
@@ -809,18 +823,50 @@ static int64_t next_key(sp_wheel *w, int64_t now, bool exact)
     }
 }
 
+/* The memo. A loop asks for its timeout on every iteration, mostly of a
+ * wheel that has not changed since it last asked: an answer that still
+ * holds is returned as it is, and a run that it shows to have nothing to
+ * do is skipped (sp_wheel_quiet). Together they cost hundreds of
+ * instructions per iteration otherwise, with even one timer armed. The
+ * answer holds until the wheel changes, the clock reaches the time a
+ * bucket must be cascaded or opened or staging must start, or the clock
+ * goes back far enough to rebase the wheel. Not kept during runs, nor
+ * while staging (each call spreads more). */
+static bool memo_holds(const sp_wheel *w, int64_t now)
+{
+    return w->memo_valid && now >= w->memo_from && now < w->memo_until;
+}
+
 int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
 {
-    int64_t next = next_key(w, now, exact);
+    if (memo_holds(w, now) && w->memo_exact == exact) {
+        return w->memo_next;
+    }
+    int64_t until;
+    int64_t next = next_key(w, now, exact, &until);
     /* The loop is about to wait until `next`: staging work done now delays
      * nothing that is due, so do as much as that time allows. */
     stage_work(w, now, next);
     unsigned l, d;
     int64_t at;
-    if (!exact && !w->stage_level && stage_next(w, &l, &d, &at) &&
-        at > now && at < next) {
-        /* Wake when staging should start, not sleep through it. */
-        next = at;
+    if (!w->stage_level && stage_next(w, &l, &d, &at)) {
+        if (!exact && at > now && at < next) {
+            /* Wake when staging should start, not sleep through it. */
+            next = at;
+        }
+        until = at < until ? at : until;
     }
+    w->memo_valid = w->run_now == NOT_RUNNING && !w->stage_level;
+    w->memo_exact = exact;
+    w->memo_next = next;
+    w->memo_from = w->cur - EARLY_NS - 2 * (int64_t)RES; /* check_clock */
+    w->memo_until = until;
     return next;
+}
+
+bool sp_wheel_quiet(const sp_wheel *w, int64_t now)
+{
+    /* memo_next is at or before every key, and the memo holds only while
+     * the late list is empty and no staging is under way. */
+    return memo_holds(w, now) && now < w->memo_next;
 }

@@ -64,6 +64,11 @@ typedef struct sp_wheel {
     int64_t counted_start[SP_WHEEL_LEVELS];
     uint8_t counted_digit[SP_WHEEL_LEVELS];
     bool counted_big[SP_WHEEL_LEVELS];
+    /* sp_wheel_next's last answer (memo_next, for memo_exact), which holds
+     * for any `now` in [memo_from, memo_until) until the wheel changes:
+     * every change clears memo_valid (timer-wheel.c). */
+    bool memo_valid, memo_exact;
+    int64_t memo_next, memo_from, memo_until;
 } sp_wheel;
 
 /* `buckets`: SP_WHEEL_BUCKETS zeroed buckets, which the caller allocates
@@ -87,7 +92,12 @@ spindle_timer *sp_wheel_due(sp_wheel *w);
 void sp_wheel_end_run(sp_wheel *w, int64_t outer);
 
 /* A time at or before the earliest key: exactly it when `exact`, or when
- * that costs little (see timer-wheel.c); INT64_MAX with nothing linked. */
+ * that costs little (see timer-wheel.c); INT64_MAX with nothing linked.
+ * Asked again of an unchanged wheel, it answers in O(1). */
 int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact);
+/* Whether a run at `now` would do nothing: no timer due, no work pending.
+ * Known only from sp_wheel_next's last answer, so false whenever the wheel
+ * changed since; O(1). */
+bool sp_wheel_quiet(const sp_wheel *w, int64_t now);
 
 #endif

@@ -485,8 +485,11 @@ bool sp_timers_run(spindle_ctx *ctx)
         if (!c->wheel.linked) {
             continue;
         }
-        int64_t outer = sp_wheel_start_run(&c->wheel,
-                                           spindle_now_ns(c->clock));
+        int64_t now = spindle_now_ns(c->clock);
+        if (sp_wheel_quiet(&c->wheel, now)) {
+            continue; /* what this iteration's timeout saw still holds */
+        }
+        int64_t outer = sp_wheel_start_run(&c->wheel, now);
         spindle_timer *t;
         while ((t = sp_wheel_due(&c->wheel))) {
             sp_wheel_remove(&c->wheel, t);

@@ -126,12 +126,15 @@ static int64_t model_min(struct fixture *f)
     return min;
 }
 
-/* Check sp_wheel_next against the model, inexact and exact. */
+/* Check sp_wheel_next against the model, inexact and exact; asked again
+ * of the unchanged wheel (its memo answers), it must say the same. */
 static void check_next(struct fixture *f)
 {
     int64_t min = model_min(f);
     int64_t bound = sp_wheel_next(&f->w, f->now, false);
     assert_true(bound <= min);
+    assert_int_equal(sp_wheel_next(&f->w, f->now, false), bound);
+    assert_int_equal(sp_wheel_next(&f->w, f->now, true), min);
     assert_int_equal(sp_wheel_next(&f->w, f->now, true), min);
 }
 
@@ -140,6 +143,9 @@ static void check_next(struct fixture *f)
 static unsigned run(struct fixture *f, bool rearm)
 {
     unsigned n = 0;
+    /* A wheel that says a run would do nothing is taken at its word by
+     * timer.c, which then skips it: the run must fire nothing. */
+    bool quiet = sp_wheel_quiet(&f->w, f->now);
     int64_t outer = sp_wheel_start_run(&f->w, f->now);
     spindle_timer *t;
     while ((t = sp_wheel_due(&f->w))) {
@@ -164,6 +170,9 @@ static unsigned run(struct fixture *f, bool rearm)
     }
     assert_int_equal(model_due(f, f->now), -1);
     sp_wheel_end_run(&f->w, outer);
+    if (quiet) {
+        assert_int_equal(n, 0);
+    }
     for (unsigned i = 0; i < NTIMERS; i++) {
         f->m[i].during_run = false;
     }
@@ -304,6 +313,27 @@ static void moving_within_a_slot_and_out_of_it_keeps_the_order(void **state)
     assert_int_equal(f->w.linked, 0);
 }
 
+static void a_move_within_its_slot_changes_the_next_deadline(void **state)
+{
+    struct fixture *f = *state;
+    /* Such a move touches only the timer (sp_wheel_move's fast path); the
+     * timeout the wheel last gave must not outlive it. */
+    for (unsigned i = 0; i < 4; i++) {
+        arm(f, i, f->now + HOUR + 500 + (int64_t)i);
+    }
+    int64_t keys[] = { 100, 900, 499, 2000 };
+    for (unsigned k = 0; k < 8; k++) {
+        bool exact = k >= 4;
+        assert_true(sp_wheel_next(&f->w, f->now, exact) <= model_min(f));
+        arm(f, k % 2, f->now + HOUR + keys[k % 4]);
+        int64_t next = sp_wheel_next(&f->w, f->now, exact);
+        assert_true(next <= model_min(f));
+        if (exact) {
+            assert_int_equal(next, model_min(f));
+        }
+    }
+}
+
 static void a_clock_going_back_an_hour_loses_and_advances_nothing(void **state)
 {
     struct fixture *f = *state;
@@ -389,6 +419,35 @@ static void a_big_far_bucket_is_staged_and_lands_in_order(void **state)
     assert_true(seen_staging);
 }
 
+static void a_clock_moving_forward_never_sets_the_wheel_time_back(void **state)
+{
+    struct fixture *f = *state;
+    /* The loop's pattern: its timeout (which opens buckets ahead of the
+     * clock), a run, a little time, on and on, with timers from a few us
+     * to a second ahead and a big far bucket (staged). The wheel time may
+     * run ahead of the clock, but never so far that the next run takes the
+     * clock for one set back and places every timer again. */
+    int64_t slot3 = (int64_t)1 << (SP_WHEEL_RES_BITS + 3 * SP_WHEEL_SLOT_BITS);
+    for (unsigned i = 0; i < 64; i++) {
+        arm(f, i, f->now + 2 * slot3 + (int64_t)(rnd(f) % (uint64_t)slot3));
+    }
+    int64_t end = f->now + 4 * slot3;
+    unsigned next_i = 64;
+    while (f->now < end) {
+        if (rnd(f) % 4 == 0) {
+            arm(f, next_i, f->now + (int64_t)(rnd(f) % (UINT64_C(1) << (rnd(f) % 30))));
+            next_i = next_i + 1 < NTIMERS ? next_i + 1 : 64;
+        }
+        int64_t bound = sp_wheel_next(&f->w, f->now, false);
+        assert_true(bound <= model_min(f));
+        int64_t cur = f->w.cur;
+        run(f, false);
+        assert_true(f->w.cur >= cur);
+        f->now += (int64_t)(rnd(f) % 50000);
+    }
+    assert_true(f->fired >= 64);
+}
+
 /* ------------------------------------------------------------------------
  * Random sequences against the model
  */
@@ -456,9 +515,11 @@ int main(void)
         WHEEL_TEST(past_keys_fire_in_the_next_run_in_order),
         WHEEL_TEST(equal_keys_fire_in_arming_order_across_levels),
         WHEEL_TEST(moving_within_a_slot_and_out_of_it_keeps_the_order),
+        WHEEL_TEST(a_move_within_its_slot_changes_the_next_deadline),
         WHEEL_TEST(a_clock_going_back_an_hour_loses_and_advances_nothing),
         WHEEL_TEST(a_bucket_opened_early_leaves_nearer_timers_first),
         WHEEL_TEST(a_big_far_bucket_is_staged_and_lands_in_order),
+        WHEEL_TEST(a_clock_moving_forward_never_sets_the_wheel_time_back),
         WHEEL_TEST(random_operations_agree_with_the_model),
     };
     return RUN_TESTS(tests);
