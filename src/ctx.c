@@ -42,6 +42,7 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
         opt = *o;
     }
     if ((unsigned)opt.backend > SPINDLE_BACKEND_IO_URING ||
+        (unsigned)opt.uring_mode > SPINDLE_URING_COOPERATIVE ||
         opt.poll_grow < 0 || opt.poll_shrink < 0) {
         errno = EINVAL;
         return NULL;
@@ -59,6 +60,9 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
                                            : opt.poll_max_ns;
     ctx->poll_grow = opt.poll_grow;
     ctx->poll_shrink = opt.poll_shrink;
+    ctx->uring_coop = opt.uring_mode == SPINDLE_URING_AUTO
+                          ? ctx->poll_max_ns == 0
+                          : opt.uring_mode == SPINDLE_URING_COOPERATIVE;
     const char *rule = getenv("SPINDLE_POLL_WINDOW");
     ctx->poll_shared = rule && !strcmp(rule, "shared");
     ctx->epollfd = -1;

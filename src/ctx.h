@@ -375,6 +375,7 @@ struct spindle_ctx {
     /* The io_uring monitor's state (fdmon-io_uring.c); NULL on poll and
      * epoll. Set at creation only. */
     struct sp_uring *uring;
+    bool uring_coop;           /* a cooperative ring (spindle_uring_mode) */
 
     /* Adaptive busy polling (polling*.c). Loop thread, but for poll_ns,
      * which any thread may read. */

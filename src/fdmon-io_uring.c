@@ -35,9 +35,12 @@
  * While busy polling a CQE is taken at its word, which is what makes an
  * event cost no system call; only a CQE posted before its handler's last
  * run ended (its index in the ring below the tail seen then, kept per fd in
- * u->seq) is confirmed, since that run may have read what caused it. So a
- * spurious call (a read finding nothing) needs a race with a read outside
- * the loop during busy polling; handlers read non-blocking fds anyway.
+ * u->seq) is confirmed, since that run may have read what caused it; so
+ * is the first CQE after a run that a ppoll report started without a CQE
+ * (RING_AHEAD: the ppoll may have seen readiness whose CQE the kernel
+ * posts later). So a spurious call (a read finding nothing) needs a race
+ * with a read outside the loop during busy polling, or data written while
+ * the handler is inside its read; handlers read non-blocking fds anyway.
  * Every hang-up or error is confirmed too, because the fd may have been
  * closed behind the loop's back: a closed fd shows as POLLNVAL, and the
  * record is disarmed and counted stale, as on the poll back-end. (The ring
@@ -79,17 +82,19 @@
  * thread. By default it interrupts the thread for that (an inter-processor
  * interrupt when the thread is running on another CPU), so completions
  * appear while the loop spins in user space: what makes busy polling cost
- * no system call. That interrupt is dear in a VM, and pays off only when
- * the loop spins: a context made with busy polling off (poll_max_ns 0)
- * gets a cooperative ring (COOP_TASKRUN, Linux 5.19) whose work runs at
- * the loop's next system call, which it makes anyway (measured: http-hello
- * under wrk, 50 connections, 2 vCPUs: 64-70k requests/s with interrupts,
- * 121-128k cooperative, epoll 92-115k). The kernel then flags pending work
- * in the SQ ring (TASKRUN_FLAG), and a wait or a spin that sees the flag
- * enters the kernel to run it, so polling turned on later still sees every
- * event, at a system call per batch. DEFER_TASKRUN is not used: it would
- * run the work only inside io_uring_enter, never at the handlers' own
- * system calls.
+ * no system call. That interrupt is dear in a VM: a context can ask for a
+ * cooperative ring instead (COOP_TASKRUN, Linux 5.19; spindle_uring_mode),
+ * whose work runs at the loop's next system call, and contexts with busy
+ * polling off get one by default, since they make that call anyway. The
+ * kernel then flags pending work in the SQ ring (TASKRUN_FLAG), and a wait
+ * or a spin that sees the flag enters the kernel to run it: a busy-polling
+ * loop still sees every event, at a system call per batch. Measured on 2
+ * vCPUs: http-hello under wrk, 50 connections, 64-70k requests/s with
+ * interrupts, 121-128k cooperative (polling off), epoll 92-115k; nbd-server
+ * at queue depth 1, p50 about 100 us with interrupts and 50 us cooperative,
+ * both spinning up to 200 us. DEFER_TASKRUN is not used: it would run the
+ * work only inside io_uring_enter, never at the handlers' own system
+ * calls.
  */
 #include "uring.h"
 
@@ -114,6 +119,9 @@ enum {
     RING_RECHECK = 4,  /* in the re-check set */
     RING_UPDATING = 8, /* a poll update in flight (its CQE names h) */
     RING_RESEND = 16,  /* the mask changed again meanwhile: update again */
+    RING_CONFIRM = 32, /* in the set to confirm a CQE it consumed */
+    RING_AHEAD = 64,   /* its handler ran on a ppoll report that no CQE
+                        * stood for: that readiness's CQE may come yet */
 };
 
 static unsigned state(const sp_handler *h)
@@ -461,7 +469,7 @@ static bool recheck(spindle_ctx *ctx, sp_uring *u)
         sp_handler *h = u->recheck[i];
         bool deleted = atomic_load_explicit(&h->deleted, memory_order_acquire);
         if (deleted || h->stale || state(h) != RING_ARMED) {
-            h->ring_state &= ~RING_RECHECK;
+            h->ring_state &= ~(RING_RECHECK | RING_CONFIRM);
             if (deleted && ring_done_with(h)) {
                 release(ctx, u, h, false);
             }
@@ -490,17 +498,26 @@ static bool recheck(spindle_ctx *ctx, sp_uring *u)
         return false;
     }
     bool ready = false;
-    for (unsigned i = 0; r > 0 && i < n; i++) {
+    for (unsigned i = 0; i < n; i++) {
+        sp_handler *h = ctx->pollnodes[i];
+        bool confirming = h->ring_state & RING_CONFIRM;
+        h->ring_state &= ~RING_CONFIRM;
         int revents = ctx->pollfds[i].revents;
         if (!revents) {
             continue;
         }
-        r--;
         if (revents & POLLNVAL) {
-            mark_stale(ctx, u, ctx->pollnodes[i]);
+            mark_stale(ctx, u, h);
             continue;
         }
-        report(ctx, u, ctx->pollnodes[i], revents);
+        /* Readiness that no consumed CQE stood for (data left unread, or
+         * new data whose CQE the kernel's task work has yet to post): the
+         * handler runs now, and the CQE that may follow is confirmed, not
+         * taken at its word, or its call would find nothing to read. */
+        if (!confirming) {
+            h->ring_state |= RING_AHEAD;
+        }
+        report(ctx, u, h, revents);
         ready = true;
     }
     return ready;
@@ -550,7 +567,10 @@ static void poll_completion(spindle_ctx *ctx, sp_uring *u, sp_handler *h,
          * top of the file. */
         if (!h->internal &&
             (!ctx->poll_started || (revents & (POLLHUP | POLLERR)) ||
+             (h->ring_state & RING_AHEAD) ||
              (int32_t)(idx - u->seq[h->fd]) < 0)) {
+            h->ring_state = (uint8_t)((h->ring_state & ~RING_AHEAD) |
+                                      RING_CONFIRM);
             mark_recheck(u, h);
         } else {
             report(ctx, u, h, revents);
@@ -907,7 +927,7 @@ bool sp_fdmon_io_uring_enable(spindle_ctx *ctx)
      * file. */
     p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP |
               IORING_SETUP_SUBMIT_ALL;
-    if (ctx->poll_max_ns == 0) {
+    if (ctx->uring_coop) {
         p.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     }
     p.cq_entries = CQ_ENTRIES;

@@ -792,7 +792,7 @@ static void closed_registered_fd_is_counted_stale_on_poll_backend(void **state)
     int p[2];
     harness_pipe(p);
     handler h = { .fd = p[0] };
-    spindle_options o = { SPINDLE_BACKEND_POLL, -1, 0, 0 };
+    spindle_options o = { SPINDLE_BACKEND_POLL, -1, 0, 0, SPINDLE_URING_AUTO };
     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
     assert_non_null(ctx);
     assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb, NULL,

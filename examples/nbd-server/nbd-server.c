@@ -1,6 +1,7 @@
 /* nbd-server: a Network Block Device server on spindle.
  *
- *   nbd-server [-p PORT] [-t THREADS] [-r] [--direct] [--engine E] (FILE | --memory SIZE)
+ *   nbd-server [-p PORT] [-t THREADS] [-r] [--direct] [--engine E] [--poll-max NS]
+ *              (FILE | --memory SIZE)
  *
  * Exports FILE (a regular file or a block device), or SIZE bytes of memory,
  * as the default export ("") on 127.0.0.1:PORT (PORT 0, the default, takes
@@ -21,6 +22,16 @@
  *   a function on the target loop's thread. From then on the connection
  *   lives on that thread (conn.c).
  * - Disk I/O goes through the worker's engine (disk.h).
+ * - Each worker busy polls for up to 256 us (--poll-max; 0: off) before it
+ *   sleeps: a client that sends its next request within the window finds
+ *   the worker awake, which spares the wake-up of a sleeping CPU (tens of
+ *   microseconds on a VM) at the cost of that CPU time. The window adapts
+ *   (spindle_set_poll_params): it closes when requests stop coming. On
+ *   io_uring the workers run cooperative rings (SPINDLE_URING_COOPERATIVE):
+ *   the kernel does not interrupt a spinning worker for each event, the
+ *   spin takes them with one system call per batch. Measured on 2 vCPUs,
+ *   4 KiB reads at queue depth 1, p50: about 140 us with spindle's default
+ *   32 us window, 100 us with 256 us and interrupts, 50 us cooperative.
  * - SIGINT or SIGTERM: stop accepting, tell every worker to finish (each
  *   waits for its requests in flight, then closes its connections), wait
  *   until all have, free everything, exit 0.
@@ -170,7 +181,8 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: nbd-server [-p PORT] [-t THREADS] [-r] [--direct] "
-            "[--engine auto|uring|pool|sync] (FILE | --memory SIZE[K|M|G])\n"
+            "[--engine auto|uring|pool|sync] [--poll-max NS]\n"
+            "                  (FILE | --memory SIZE[K|M|G])\n"
             "       nbd-server --engines   (the disk engines this machine offers)\n");
     exit(2);
 }
@@ -215,9 +227,10 @@ int main(int argc, char **argv)
         {"direct", no_argument, NULL, 'd'},
         {"engine", required_argument, NULL, 'e'},
         {"engines", no_argument, NULL, 'E'},
+        {"poll-max", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0},
     };
-    long port = 0, threads = 1;
+    long port = 0, threads = 1, poll_max = 256000;
     bool readonly = false, direct = false;
     uint64_t mem_size = 0;
     srv.engine = ENGINE_AUTO;
@@ -247,6 +260,10 @@ int main(int argc, char **argv)
             break;
         case 'E':
             return list_engines();
+        case 'P':
+            if (!example_parse_long("polling window", optarg, 0, 1000000000, &poll_max))
+                return 2;
+            break;
         case 'e': {
             int k = 0;
             while (k <= ENGINE_SYNC && strcmp(optarg, disk_engine_name(k)))
@@ -291,7 +308,10 @@ int main(int argc, char **argv)
         worker *w = &srv.workers[i];
         w->srv = &srv;
         w->index = i;
-        spindle_thread *t = spindle_thread_new(NULL);
+        spindle_options o = SPINDLE_OPTIONS_INIT;
+        o.poll_max_ns = poll_max;
+        o.uring_mode = SPINDLE_URING_COOPERATIVE;
+        spindle_thread *t = spindle_thread_new(&o);
         if (!t) {
             fprintf(stderr, "nbd-server: cannot start a loop thread\n");
             return 1;
