@@ -138,7 +138,10 @@ static void set_state(sp_handler *h, unsigned st)
  * no update whose CQE will name it. */
 static bool ring_done_with(const sp_handler *h)
 {
-    return h->ring_state == RING_IDLE && !(h->ring_flags & SP_RING_QUEUED);
+    /* RING_CONFIRM and RING_AHEAD are hints about CQEs to come, not a
+     * hold: a retired record gets none it would act on. */
+    unsigned holds = h->ring_state & ~(unsigned)(RING_CONFIRM | RING_AHEAD);
+    return holds == RING_IDLE && !(h->ring_flags & SP_RING_QUEUED);
 }
 
 /* Completions the kernel posted that the loop has not consumed. */
