@@ -81,89 +81,150 @@ static void other_read(void *opaque)
 }
 
 /* ------------------------------------------------------------------------
+ * The fixture: a context, a notifier and a reader that watches it
+ *
+ * The teardown removes whatever registration a test leaves in force, and
+ * checks that the removal succeeds, so that every test still checks it and
+ * a test that fails half-way leaks neither the context nor the notifier's
+ * fd into the tests after it.
+ */
+
+struct fixture {
+    spindle_ctx *ctx;
+    spindle_notifier *n;
+    struct reader r;            /* r.n is n; the opaque of register_reader */
+    spindle_ctx *registered_in; /* where the teardown must remove n, if set */
+    bool external;              /* how n was registered there */
+};
+
+/* Register n in ctx with the reader as opaque; the teardown removes it. */
+static void register_reader(struct fixture *f, spindle_ctx *ctx,
+                            bool external, spindle_io_fn *io_read,
+                            spindle_poll_fn *io_poll)
+{
+    assert_int_equal(spindle_set_event_notifier(ctx, f->n, external, io_read,
+                                                io_poll, &f->r), 0);
+    f->registered_in = ctx;
+    f->external = external;
+}
+
+/* Returns what the removal returned; the teardown has nothing left to remove
+ * either way. */
+static int unregister_reader(struct fixture *f)
+{
+    spindle_ctx *ctx = f->registered_in;
+    f->registered_in = NULL;
+    return spindle_set_event_notifier(ctx, f->n, f->external, NULL, NULL,
+                                      NULL);
+}
+
+static int fixture_setup(void **state, bool active)
+{
+    harness_watchdog_arm(state);
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    *state = f;
+    f->ctx = harness_ctx_new();
+    f->n = notifier_new_checked(active);
+    f->r.n = f->n;
+    return 0;
+}
+
+/* Most tests start from a clear notifier... */
+static int setup(void **state)
+{
+    return fixture_setup(state, false);
+}
+
+/* ...those about a notifier created set start from one. */
+static int setup_active(void **state)
+{
+    return fixture_setup(state, true);
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    int removed = f->registered_in ? unregister_reader(f) : 0;
+    spindle_ctx_free(f->ctx);
+    spindle_notifier_free(f->n);
+    free(f);
+    harness_watchdog_disarm(state);
+    /* Checked last, so that a failed removal still frees everything. */
+    assert_int_equal(removed, 0);
+    return 0;
+}
+
+#define NOTIFIER_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define ACTIVE_NOTIFIER_TEST(fn) \
+    cmocka_unit_test_setup_teardown(fn, setup_active, teardown)
+
+/* ------------------------------------------------------------------------
  * The notifier object
  */
 
 static void notifier_new_inactive_is_clear(void **state)
 {
-    (void)state;
-    spindle_notifier *n = notifier_new_checked(false);
-    assert_false(spindle_notifier_test_and_clear(n));
-    spindle_notifier_free(n);
+    struct fixture *f = *state;
+    assert_false(spindle_notifier_test_and_clear(f->n));
 }
 
 static void notifier_new_active_is_set(void **state)
 {
-    (void)state;
-    spindle_notifier *n = notifier_new_checked(true);
-    assert_true(spindle_notifier_test_and_clear(n));
-    assert_false(spindle_notifier_test_and_clear(n));
-    spindle_notifier_free(n);
+    struct fixture *f = *state;
+    assert_true(spindle_notifier_test_and_clear(f->n));
+    assert_false(spindle_notifier_test_and_clear(f->n));
 }
 
 static void notifier_fd_is_open(void **state)
 {
-    (void)state;
-    spindle_notifier *n = notifier_new_checked(false);
-    int fd = spindle_notifier_fd(n);
+    struct fixture *f = *state;
+    int fd = spindle_notifier_fd(f->n);
     assert_true(fd >= 0);
     assert_true(fcntl(fd, F_GETFD) != -1);
-    spindle_notifier_free(n);
 }
 
 static void notifier_set_makes_its_fd_readable(void **state)
 {
-    (void)state;
-    spindle_notifier *n = notifier_new_checked(false);
-    int fd = spindle_notifier_fd(n);
+    struct fixture *f = *state;
+    int fd = spindle_notifier_fd(f->n);
 
     assert_false(fd_readable(fd));
-    assert_int_equal(spindle_notifier_set(n), 0);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
     assert_true(fd_readable(fd));
-
-    spindle_notifier_free(n);
 }
 
 static void notifier_test_and_clear_makes_its_fd_unreadable(void **state)
 {
-    (void)state;
-    spindle_notifier *n = notifier_new_checked(false);
-    int fd = spindle_notifier_fd(n);
+    struct fixture *f = *state;
+    int fd = spindle_notifier_fd(f->n);
 
-    assert_int_equal(spindle_notifier_set(n), 0);
-    assert_true(spindle_notifier_test_and_clear(n));
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    assert_true(spindle_notifier_test_and_clear(f->n));
     assert_false(fd_readable(fd));
-
-    spindle_notifier_free(n);
 }
 
 static void notifier_sets_before_a_clear_coalesce(void **state)
 {
-    (void)state;
-    spindle_notifier *n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
     for (int i = 0; i < 5; i++) {
-        assert_int_equal(spindle_notifier_set(n), 0);
+        assert_int_equal(spindle_notifier_set(f->n), 0);
     }
-    assert_true(spindle_notifier_test_and_clear(n));
-    assert_false(spindle_notifier_test_and_clear(n));
-    assert_false(fd_readable(spindle_notifier_fd(n)));
-
-    spindle_notifier_free(n);
+    assert_true(spindle_notifier_test_and_clear(f->n));
+    assert_false(spindle_notifier_test_and_clear(f->n));
+    assert_false(fd_readable(spindle_notifier_fd(f->n)));
 }
 
 static void notifier_can_be_set_again_after_a_clear(void **state)
 {
-    (void)state;
-    spindle_notifier *n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(spindle_notifier_set(n), 0);
-        assert_true(spindle_notifier_test_and_clear(n));
-        assert_false(spindle_notifier_test_and_clear(n));
+        assert_int_equal(spindle_notifier_set(f->n), 0);
+        assert_true(spindle_notifier_test_and_clear(f->n));
+        assert_false(spindle_notifier_test_and_clear(f->n));
     }
-
-    spindle_notifier_free(n);
 }
 
 /* ------------------------------------------------------------------------
@@ -173,116 +234,72 @@ static void notifier_can_be_set_again_after_a_clear(void **state)
 static void event_notifier_dispatches_io_read_with_its_opaque_when_set(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                NULL, &r), 0);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(r.reads, 1);
-    assert_int_equal(r.cleared, 1);
-    assert_ptr_equal(r.last_opaque, &r);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    register_reader(f, f->ctx, false, reader_read, NULL);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    assert_true(harness_poll(f->ctx, false));
+    assert_int_equal(f->r.reads, 1);
+    assert_int_equal(f->r.cleared, 1);
+    assert_ptr_equal(f->r.last_opaque, &f->r);
 }
 
 static void event_notifier_is_not_dispatched_while_clear(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                NULL, &r), 0);
-    assert_false(harness_poll(ctx, false));
-    harness_drain(ctx);
-    assert_int_equal(r.reads, 0);
+    register_reader(f, f->ctx, false, reader_read, NULL);
+    assert_false(harness_poll(f->ctx, false));
+    harness_drain(f->ctx);
+    assert_int_equal(f->r.reads, 0);
 
     /* Set then cleared by the user before the loop looked: still nothing. */
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    assert_true(spindle_notifier_test_and_clear(r.n));
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(r.reads, 0);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    assert_true(spindle_notifier_test_and_clear(f->n));
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->r.reads, 0);
 }
 
 static void event_notifier_registered_while_set_is_dispatched(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(true);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                NULL, &r), 0);
-    harness_drain(ctx);
-    assert_int_equal(r.reads, 1);
-    assert_int_equal(r.cleared, 1);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    register_reader(f, f->ctx, false, reader_read, NULL);
+    harness_drain(f->ctx);
+    assert_int_equal(f->r.reads, 1);
+    assert_int_equal(f->r.cleared, 1);
 }
 
 static void event_notifier_dispatches_once_per_set_and_clear(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                NULL, &r), 0);
+    register_reader(f, f->ctx, false, reader_read, NULL);
     for (unsigned i = 1; i <= 10; i++) {
         /* Several sets coalesce into one dispatch. */
-        assert_int_equal(spindle_notifier_set(r.n), 0);
-        assert_int_equal(spindle_notifier_set(r.n), 0);
-        harness_drain(ctx);
-        assert_int_equal(r.reads, i);
-        assert_int_equal(r.cleared, i);
+        assert_int_equal(spindle_notifier_set(f->n), 0);
+        assert_int_equal(spindle_notifier_set(f->n), 0);
+        harness_drain(f->ctx);
+        assert_int_equal(f->r.reads, i);
+        assert_int_equal(f->r.cleared, i);
     }
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
 }
 
 static void event_notifier_removal_stops_dispatch(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                reader_poll, &r), 0);
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    unsigned polls_before = r.poll_calls;
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    r.work = true;
-    assert_false(harness_poll(ctx, false));
-    harness_drain(ctx);
-    assert_int_equal(r.reads, 0);
-    assert_int_equal(r.poll_calls, polls_before);
+    register_reader(f, f->ctx, false, reader_read, reader_poll);
+    assert_int_equal(unregister_reader(f), 0);
+    unsigned polls_before = f->r.poll_calls;
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    f->r.work = true;
+    assert_false(harness_poll(f->ctx, false));
+    harness_drain(f->ctx);
+    assert_int_equal(f->r.reads, 0);
+    assert_int_equal(f->r.poll_calls, polls_before);
     /* The loop did not consume the notification. */
-    assert_true(spindle_notifier_test_and_clear(r.n));
-
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    assert_true(spindle_notifier_test_and_clear(f->n));
 }
 
 /* io_read removes its own registration. */
@@ -303,11 +320,10 @@ static void self_remove_read(void *opaque)
 static void event_notifier_removed_by_its_own_callback_is_not_called_again(
     void **state)
 {
-    (void)state;
-    struct self_remove s = { 0 };
-    s.ctx = harness_ctx_new();
-    s.n = notifier_new_checked(false);
+    struct fixture *f = *state;
+    struct self_remove s = { .ctx = f->ctx, .n = f->n };
 
+    /* Not register_reader: the callback, not the teardown, removes it. */
     assert_int_equal(spindle_set_event_notifier(s.ctx, s.n, false,
                                                 self_remove_read, NULL, &s), 0);
     assert_int_equal(spindle_notifier_set(s.n), 0);
@@ -316,57 +332,37 @@ static void event_notifier_removed_by_its_own_callback_is_not_called_again(
     harness_drain(s.ctx);
     assert_int_equal(s.reads, 1);
     assert_true(spindle_notifier_test_and_clear(s.n));
-
-    spindle_ctx_free(s.ctx);
-    spindle_notifier_free(s.n);
 }
 
 static void event_notifier_reregistration_replaces_the_callbacks(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                NULL, &r), 0);
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, other_read,
-                                                NULL, &r), 0);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    harness_drain(ctx);
-    assert_int_equal(r.reads, 1000);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    register_reader(f, f->ctx, false, reader_read, NULL);
+    register_reader(f, f->ctx, false, other_read, NULL);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    harness_drain(f->ctx);
+    assert_int_equal(f->r.reads, 1000);
 }
 
 static void event_notifier_can_move_to_another_context(void **state)
 {
-    (void)state;
-    spindle_ctx *a = harness_ctx_new();
+    struct fixture *f = *state;
+    spindle_ctx *a = f->ctx;
     spindle_ctx *b = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
 
-    assert_int_equal(spindle_set_event_notifier(a, r.n, false, reader_read,
-                                                NULL, &r), 0);
-    assert_int_equal(spindle_set_event_notifier(a, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    assert_int_equal(spindle_set_event_notifier(b, r.n, false, reader_read,
-                                                NULL, &r), 0);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
+    register_reader(f, a, false, reader_read, NULL);
+    assert_int_equal(unregister_reader(f), 0);
+    register_reader(f, b, false, reader_read, NULL);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
     assert_false(harness_poll(a, false));
-    assert_int_equal(r.reads, 0);
+    assert_int_equal(f->r.reads, 0);
     assert_true(harness_poll(b, false));
-    assert_int_equal(r.reads, 1);
+    assert_int_equal(f->r.reads, 1);
 
-    assert_int_equal(spindle_set_event_notifier(b, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(a);
+    /* b is this test's own: the registration in it must go before it. */
+    assert_int_equal(unregister_reader(f), 0);
     spindle_ctx_free(b);
-    spindle_notifier_free(r.n);
 }
 
 static void *set_thread(void *opaque)
@@ -378,25 +374,16 @@ static void *set_thread(void *opaque)
 static void event_notifier_set_from_another_thread_wakes_blocking_poll(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                NULL, &r), 0);
+    register_reader(f, f->ctx, false, reader_read, NULL);
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, set_thread, r.n), 0);
+    assert_int_equal(pthread_create(&th, NULL, set_thread, f->n), 0);
     /* Blocks in the back-end until the fd becomes readable. */
-    harness_poll_until(ctx, &r.got, 1000);
+    harness_poll_until(f->ctx, &f->r.got, 1000);
     assert_int_equal(pthread_join(th, NULL), 0);
-    assert_int_equal(r.reads, 1);
-    assert_int_equal(r.cleared, 1);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    assert_int_equal(f->r.reads, 1);
+    assert_int_equal(f->r.cleared, 1);
 }
 
 /* ------------------------------------------------------------------------
@@ -405,50 +392,32 @@ static void event_notifier_set_from_another_thread_wakes_blocking_poll(
 
 static void event_notifier_io_poll_is_polled(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                reader_poll, &r), 0);
+    register_reader(f, f->ctx, false, reader_read, reader_poll);
     /* Work shows up in user space only (the notifier stays clear): only
      * io_poll can see it. */
-    r.work = true;
-    assert_true(harness_poll(ctx, false));
-    assert_true(r.poll_calls >= 1);
-    assert_int_equal(r.poll_handled, 1);
-    assert_int_equal(r.reads, 0);
+    f->r.work = true;
+    assert_true(harness_poll(f->ctx, false));
+    assert_true(f->r.poll_calls >= 1);
+    assert_int_equal(f->r.poll_handled, 1);
+    assert_int_equal(f->r.reads, 0);
 
     /* Called again on later iterations; finding nothing is no progress. */
-    unsigned calls = r.poll_calls;
-    assert_false(harness_poll(ctx, false));
-    assert_true(r.poll_calls > calls);
-    assert_int_equal(r.poll_handled, 1);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    unsigned calls = f->r.poll_calls;
+    assert_false(harness_poll(f->ctx, false));
+    assert_true(f->r.poll_calls > calls);
+    assert_int_equal(f->r.poll_handled, 1);
 }
 
 static void event_notifier_with_only_io_poll_is_polled(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL,
-                                                reader_poll, &r), 0);
-    r.work = true;
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(r.poll_handled, 1);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    register_reader(f, f->ctx, false, NULL, reader_poll);
+    f->r.work = true;
+    assert_true(harness_poll(f->ctx, false));
+    assert_int_equal(f->r.poll_handled, 1);
 }
 
 /* ------------------------------------------------------------------------
@@ -458,128 +427,84 @@ static void event_notifier_with_only_io_poll_is_polled(void **state)
 static void external_event_notifier_is_not_dispatched_while_disabled(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, reader_read,
-                                                NULL, &r), 0);
-    spindle_disable_external(ctx);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
+    register_reader(f, f->ctx, true, reader_read, NULL);
+    spindle_disable_external(f->ctx);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
     for (int i = 0; i < 10; i++) {
-        assert_false(harness_poll(ctx, false));
+        assert_false(harness_poll(f->ctx, false));
     }
-    assert_int_equal(r.reads, 0);
+    assert_int_equal(f->r.reads, 0);
 
-    spindle_enable_external(ctx);
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    spindle_enable_external(f->ctx);
 }
 
 static void external_event_notifier_set_while_disabled_is_dispatched_after_enable(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, reader_read,
-                                                NULL, &r), 0);
-    spindle_disable_external(ctx);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    harness_drain(ctx);
-    assert_int_equal(r.reads, 0);
+    register_reader(f, f->ctx, true, reader_read, NULL);
+    spindle_disable_external(f->ctx);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    harness_drain(f->ctx);
+    assert_int_equal(f->r.reads, 0);
 
-    spindle_enable_external(ctx);
-    harness_poll_until(ctx, &r.got, 1000);
-    assert_int_equal(r.reads, 1);
-    assert_int_equal(r.cleared, 1);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    spindle_enable_external(f->ctx);
+    harness_poll_until(f->ctx, &f->r.got, 1000);
+    assert_int_equal(f->r.reads, 1);
+    assert_int_equal(f->r.cleared, 1);
 }
 
 static void disable_external_nests(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, reader_read,
-                                                NULL, &r), 0);
-    spindle_disable_external(ctx);
-    spindle_disable_external(ctx);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    spindle_enable_external(ctx);
+    register_reader(f, f->ctx, true, reader_read, NULL);
+    spindle_disable_external(f->ctx);
+    spindle_disable_external(f->ctx);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    spindle_enable_external(f->ctx);
     /* One disable is still in force. */
-    harness_drain(ctx);
-    assert_int_equal(r.reads, 0);
+    harness_drain(f->ctx);
+    assert_int_equal(f->r.reads, 0);
 
-    spindle_enable_external(ctx);
-    harness_drain(ctx);
-    assert_int_equal(r.reads, 1);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    spindle_enable_external(f->ctx);
+    harness_drain(f->ctx);
+    assert_int_equal(f->r.reads, 1);
 }
 
 static void external_event_notifier_io_poll_is_not_called_while_disabled(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, reader_read,
-                                                reader_poll, &r), 0);
-    spindle_disable_external(ctx);
-    r.work = true;
+    register_reader(f, f->ctx, true, reader_read, reader_poll);
+    spindle_disable_external(f->ctx);
+    f->r.work = true;
     for (int i = 0; i < 10; i++) {
-        assert_false(harness_poll(ctx, false));
+        assert_false(harness_poll(f->ctx, false));
     }
-    assert_int_equal(r.poll_calls, 0);
-    assert_int_equal(r.poll_handled, 0);
+    assert_int_equal(f->r.poll_calls, 0);
+    assert_int_equal(f->r.poll_handled, 0);
 
-    spindle_enable_external(ctx);
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(r.poll_handled, 1);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    spindle_enable_external(f->ctx);
+    assert_true(harness_poll(f->ctx, false));
+    assert_int_equal(f->r.poll_handled, 1);
 }
 
 static void internal_event_notifier_is_dispatched_while_external_disabled(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, reader_read,
-                                                NULL, &r), 0);
-    spindle_disable_external(ctx);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    harness_poll_until(ctx, &r.got, 1000);
-    assert_int_equal(r.reads, 1);
-    spindle_enable_external(ctx);
-
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(r.n);
+    register_reader(f, f->ctx, false, reader_read, NULL);
+    spindle_disable_external(f->ctx);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    harness_poll_until(f->ctx, &f->r.got, 1000);
+    assert_int_equal(f->r.reads, 1);
+    spindle_enable_external(f->ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -597,49 +522,39 @@ static void notifier_null_handle_is_rejected(void **state)
 
 static void set_event_notifier_with_null_notifier_returns_einval(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    struct fixture *f = *state;
     unsigned count = 0;
-    assert_int_equal(spindle_set_event_notifier(ctx, NULL, false,
+    assert_int_equal(spindle_set_event_notifier(f->ctx, NULL, false,
                                                 harness_count_cb, NULL, &count),
                      -EINVAL);
-    assert_false(harness_poll(ctx, false));
+    assert_false(harness_poll(f->ctx, false));
     assert_int_equal(count, 0);
-    spindle_ctx_free(ctx);
 }
 
 static void set_event_notifier_with_null_ctx_returns_einval(void **state)
 {
-    (void)state;
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(true);
-    assert_int_equal(spindle_set_event_notifier(NULL, r.n, false, reader_read,
-                                                NULL, &r), -EINVAL);
+    struct fixture *f = *state;
+    assert_int_equal(spindle_set_event_notifier(NULL, f->n, false, reader_read,
+                                                NULL, &f->r), -EINVAL);
     /* The notifier is untouched. */
-    assert_true(spindle_notifier_test_and_clear(r.n));
-    spindle_notifier_free(r.n);
+    assert_true(spindle_notifier_test_and_clear(f->n));
 }
 
 static void set_event_notifier_poll_with_null_arguments_is_ignored(
     void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    spindle_notifier *n = notifier_new_checked(false);
+    struct fixture *f = *state;
     unsigned count = 0;
 
-    spindle_set_event_notifier_poll(ctx, NULL, harness_count_cb,
+    spindle_set_event_notifier_poll(f->ctx, NULL, harness_count_cb,
                                     harness_count_cb);
-    spindle_set_event_notifier_poll(NULL, n, harness_count_cb,
+    spindle_set_event_notifier_poll(NULL, f->n, harness_count_cb,
                                     harness_count_cb);
     /* And on a notifier that is not registered. */
-    spindle_set_event_notifier_poll(ctx, n, harness_count_cb,
+    spindle_set_event_notifier_poll(f->ctx, f->n, harness_count_cb,
                                     harness_count_cb);
-    harness_drain(ctx);
+    harness_drain(f->ctx);
     assert_int_equal(count, 0);
-
-    spindle_ctx_free(ctx);
-    spindle_notifier_free(n);
 }
 
 /* ------------------------------------------------------------------------
@@ -648,69 +563,63 @@ static void set_event_notifier_poll_with_null_arguments_is_ignored(
 
 static void ctx_free_leaves_a_registered_notifier_usable(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct reader r = { 0 };
-    r.n = notifier_new_checked(false);
-    int fd = spindle_notifier_fd(r.n);
+    struct fixture *f = *state;
+    int fd = spindle_notifier_fd(f->n);
 
-    assert_int_equal(spindle_set_event_notifier(ctx, r.n, true, reader_read,
-                                                reader_poll, &r), 0);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    spindle_ctx_free(ctx); /* no callback runs, the notifier is kept */
-    assert_int_equal(r.reads, 0);
+    register_reader(f, f->ctx, true, reader_read, reader_poll);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    spindle_ctx_free(f->ctx); /* no callback runs, the notifier is kept */
+    /* The registration went with the context: nothing left to remove. */
+    f->ctx = NULL;
+    f->registered_in = NULL;
+    assert_int_equal(f->r.reads, 0);
 
-    assert_int_equal(spindle_notifier_fd(r.n), fd);
+    assert_int_equal(spindle_notifier_fd(f->n), fd);
     assert_true(fcntl(fd, F_GETFD) != -1);
     assert_true(fd_readable(fd));
-    assert_true(spindle_notifier_test_and_clear(r.n));
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    assert_true(spindle_notifier_test_and_clear(r.n));
+    assert_true(spindle_notifier_test_and_clear(f->n));
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    assert_true(spindle_notifier_test_and_clear(f->n));
 
     /* And it can be registered with a new context. */
-    spindle_ctx *ctx2 = harness_ctx_new();
-    assert_int_equal(spindle_set_event_notifier(ctx2, r.n, false, reader_read,
-                                                NULL, &r), 0);
-    assert_int_equal(spindle_notifier_set(r.n), 0);
-    harness_drain(ctx2);
-    assert_int_equal(r.reads, 1);
-    assert_int_equal(spindle_set_event_notifier(ctx2, r.n, false, NULL, NULL,
-                                                NULL), 0);
-    spindle_ctx_free(ctx2);
-    spindle_notifier_free(r.n);
+    f->ctx = harness_ctx_new();
+    register_reader(f, f->ctx, false, reader_read, NULL);
+    assert_int_equal(spindle_notifier_set(f->n), 0);
+    harness_drain(f->ctx);
+    assert_int_equal(f->r.reads, 1);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TEST(notifier_new_inactive_is_clear),
-        TEST(notifier_new_active_is_set),
-        TEST(notifier_fd_is_open),
-        TEST(notifier_set_makes_its_fd_readable),
-        TEST(notifier_test_and_clear_makes_its_fd_unreadable),
-        TEST(notifier_sets_before_a_clear_coalesce),
-        TEST(notifier_can_be_set_again_after_a_clear),
-        TEST(event_notifier_dispatches_io_read_with_its_opaque_when_set),
-        TEST(event_notifier_is_not_dispatched_while_clear),
-        TEST(event_notifier_registered_while_set_is_dispatched),
-        TEST(event_notifier_dispatches_once_per_set_and_clear),
-        TEST(event_notifier_removal_stops_dispatch),
-        TEST(event_notifier_removed_by_its_own_callback_is_not_called_again),
-        TEST(event_notifier_reregistration_replaces_the_callbacks),
-        TEST(event_notifier_can_move_to_another_context),
-        TEST(event_notifier_set_from_another_thread_wakes_blocking_poll),
-        TEST(event_notifier_io_poll_is_polled),
-        TEST(event_notifier_with_only_io_poll_is_polled),
-        TEST(external_event_notifier_is_not_dispatched_while_disabled),
-        TEST(external_event_notifier_set_while_disabled_is_dispatched_after_enable),
-        TEST(disable_external_nests),
-        TEST(external_event_notifier_io_poll_is_not_called_while_disabled),
-        TEST(internal_event_notifier_is_dispatched_while_external_disabled),
+        NOTIFIER_TEST(notifier_new_inactive_is_clear),
+        ACTIVE_NOTIFIER_TEST(notifier_new_active_is_set),
+        NOTIFIER_TEST(notifier_fd_is_open),
+        NOTIFIER_TEST(notifier_set_makes_its_fd_readable),
+        NOTIFIER_TEST(notifier_test_and_clear_makes_its_fd_unreadable),
+        NOTIFIER_TEST(notifier_sets_before_a_clear_coalesce),
+        NOTIFIER_TEST(notifier_can_be_set_again_after_a_clear),
+        NOTIFIER_TEST(event_notifier_dispatches_io_read_with_its_opaque_when_set),
+        NOTIFIER_TEST(event_notifier_is_not_dispatched_while_clear),
+        ACTIVE_NOTIFIER_TEST(event_notifier_registered_while_set_is_dispatched),
+        NOTIFIER_TEST(event_notifier_dispatches_once_per_set_and_clear),
+        NOTIFIER_TEST(event_notifier_removal_stops_dispatch),
+        NOTIFIER_TEST(event_notifier_removed_by_its_own_callback_is_not_called_again),
+        NOTIFIER_TEST(event_notifier_reregistration_replaces_the_callbacks),
+        NOTIFIER_TEST(event_notifier_can_move_to_another_context),
+        NOTIFIER_TEST(event_notifier_set_from_another_thread_wakes_blocking_poll),
+        NOTIFIER_TEST(event_notifier_io_poll_is_polled),
+        NOTIFIER_TEST(event_notifier_with_only_io_poll_is_polled),
+        NOTIFIER_TEST(external_event_notifier_is_not_dispatched_while_disabled),
+        NOTIFIER_TEST(external_event_notifier_set_while_disabled_is_dispatched_after_enable),
+        NOTIFIER_TEST(disable_external_nests),
+        NOTIFIER_TEST(external_event_notifier_io_poll_is_not_called_while_disabled),
+        NOTIFIER_TEST(internal_event_notifier_is_dispatched_while_external_disabled),
         TEST(notifier_null_handle_is_rejected),
-        TEST(set_event_notifier_with_null_notifier_returns_einval),
-        TEST(set_event_notifier_with_null_ctx_returns_einval),
-        TEST(set_event_notifier_poll_with_null_arguments_is_ignored),
-        TEST(ctx_free_leaves_a_registered_notifier_usable),
+        NOTIFIER_TEST(set_event_notifier_with_null_notifier_returns_einval),
+        ACTIVE_NOTIFIER_TEST(set_event_notifier_with_null_ctx_returns_einval),
+        NOTIFIER_TEST(set_event_notifier_poll_with_null_arguments_is_ignored),
+        NOTIFIER_TEST(ctx_free_leaves_a_registered_notifier_usable),
     };
     return RUN_TESTS(tests);
 }
