@@ -16,12 +16,6 @@
 #define US INT64_C(1000)
 #define HOUR (INT64_C(3600) * 1000 * MS)
 
-/* Every test gets a fresh context in *state (CTX_TEST, harness.h). */
-static spindle_ctx *ctx_of(void **state)
-{
-    return *state;
-}
-
 /* ------------------------------------------------------------------------
  * Helpers
  */
@@ -67,27 +61,22 @@ static void probe_cb(void *opaque)
     p->fired = true;
 }
 
-static void probe_init(struct probe *p, spindle_ctx *ctx, spindle_clock clock)
-{
-    memset(p, 0, sizeof(*p));
-    p->clock = clock;
-    p->t = spindle_timer_new(ctx, clock, probe_cb, p);
-    assert_non_null(p->t);
-}
-
-/* Timers that log the order in which they fire. */
+/* Timers that log the order in which they fire: timer t[i] logs i. */
 #define ORDER_MAX 256
+struct order_log;
+
+struct order_entry {
+    struct order_log *log;
+    unsigned id;
+};
+
 struct order_log {
     unsigned seq[ORDER_MAX];
     unsigned n;
     unsigned expected;
     volatile bool all_fired;
-};
-
-struct order_entry {
-    struct order_log *log;
-    spindle_timer *t;
-    unsigned id;
+    spindle_timer *t[ORDER_MAX];
+    struct order_entry entry[ORDER_MAX];
 };
 
 static void order_cb(void *opaque)
@@ -103,224 +92,8 @@ static void order_cb(void *opaque)
     }
 }
 
-/* n timers logging their ids into log, in the order they fire. */
-static void order_entries_new(spindle_ctx *ctx, struct order_log *log,
-                              struct order_entry *e, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) {
-        e[i] = (struct order_entry){ .log = log, .id = i };
-        e[i].t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, order_cb,
-                                   &e[i]);
-        assert_non_null(e[i].t);
-    }
-}
-
-static void order_entries_free(struct order_entry *e, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) {
-        spindle_timer_free(e[i].t);
-    }
-}
-
-/* ------------------------------------------------------------------------
- * Firing
- */
-
-static void timer_fires_once(void **state)
-{
-    spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
-
-    spindle_timer_mod(p.t, mono_now() + 1 * MS);
-    harness_poll_until(ctx, &p.fired, 100000);
-    harness_drain(ctx);
-    assert_int_equal(p.count, 1);
-
-    spindle_timer_free(p.t);
-}
-
-static void timer_never_fires_before_its_deadline(void **state)
-{
-    enum { N = 20 };
-    spindle_ctx *ctx = ctx_of(state);
-    struct probe p[N];
-    for (unsigned i = 0; i < N; i++) {
-        probe_init(&p[i], ctx, SPINDLE_CLOCK_MONOTONIC);
-    }
-
-    /* Deadlines spread over a few ms, at sub-millisecond offsets, so that
-     * a sleep rounded down to whole milliseconds would wake early. */
-    int64_t now = mono_now();
-    for (unsigned i = 0; i < N; i++) {
-        p[i].deadline = now + (int64_t)(i + 1) * 250 * US + 1;
-        spindle_timer_mod(p[i].t, p[i].deadline);
-    }
-    harness_poll_until(ctx, &p[N - 1].fired, 1000000);
-    harness_drain(ctx);
-
-    for (unsigned i = 0; i < N; i++) {
-        assert_int_equal(p[i].count, 1);
-        assert_true(p[i].fired_at >= p[i].deadline);
-    }
-
-    for (unsigned i = 0; i < N; i++) {
-        spindle_timer_free(p[i].t);
-    }
-}
-
-static void timer_is_not_pending_inside_its_callback(void **state)
-{
-    spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
-
-    spindle_timer_mod(p.t, mono_now() - 1 * MS);
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(p.count, 1);
-    assert_false(p.pending_in_cb);
-    assert_int_equal(p.expire_in_cb, -1);
-
-    spindle_timer_free(p.t);
-}
-
-static void timer_with_past_deadline_fires_in_next_iteration(void **state)
-{
-    spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
-
-    spindle_timer_mod(p.t, mono_now() - 1 * MS);
-    assert_int_equal(p.count, 0); /* never synchronously */
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(p.count, 1);
-
-    spindle_timer_free(p.t);
-}
-
-static void blocking_poll_with_only_a_timer_returns_after_it_fires(void **state)
-{
-    spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
-
-    p.deadline = mono_now() + 5 * MS;
-    spindle_timer_mod(p.t, p.deadline);
-    /* The loop sleeps until the deadline and wakes for it (an infinite
-     * sleep hangs and the watchdog fails the test). */
-    harness_poll_until(ctx, &p.fired, 100000);
-    assert_int_equal(p.count, 1);
-    assert_true(p.fired_at >= p.deadline);
-
-    spindle_timer_free(p.t);
-}
-
-static void realtime_timer_fires_after_its_deadline(void **state)
-{
-    spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_REALTIME);
-
-    int64_t now = spindle_now_ns(SPINDLE_CLOCK_REALTIME);
-    assert_true(now > 0);
-    p.deadline = now + 2 * MS + 1;
-    spindle_timer_mod(p.t, p.deadline);
-    assert_true(spindle_timer_pending(p.t));
-    assert_int_equal(spindle_timer_expire_ns(p.t), p.deadline);
-    harness_poll_until(ctx, &p.fired, 100000);
-    harness_drain(ctx);
-    assert_int_equal(p.count, 1);
-    assert_true(p.fired_at >= p.deadline);
-
-    spindle_timer_free(p.t);
-}
-
-/* ------------------------------------------------------------------------
- * Order
- */
-
-static void timers_fire_in_deadline_order(void **state)
-{
-    enum { N = 100 };
-    spindle_ctx *ctx = ctx_of(state);
-    struct order_log log = { .n = 0, .expected = N };
-    struct order_entry e[N];
-    unsigned perm[N];
-
-    order_entries_new(ctx, &log, e, N);
-
-    /* Timer i's deadline is base + (i - N/2) * 10 us: half of them in the
-     * past, half in the next half millisecond. Arm them in shuffled order. */
-    shuffled_permutation(perm, N, 0xdead);
-    int64_t base = mono_now();
-    for (unsigned k = 0; k < N; k++) {
-        unsigned i = perm[k];
-        spindle_timer_mod(e[i].t, base + ((int64_t)i - N / 2) * 10 * US);
-    }
-    harness_poll_until(ctx, &log.all_fired, 1000000);
-    harness_drain(ctx);
-
-    assert_int_equal(log.n, N);
-    for (unsigned k = 0; k < N; k++) {
-        assert_int_equal(log.seq[k], k);
-    }
-
-    order_entries_free(e, N);
-}
-
-static void timers_with_equal_deadlines_fire_in_arming_order(void **state)
-{
-    enum { N = 100 };
-    spindle_ctx *ctx = ctx_of(state);
-    struct order_log log = { .n = 0, .expected = N };
-    struct order_entry e[N];
-    unsigned perm[N];
-
-    order_entries_new(ctx, &log, e, N);
-
-    shuffled_permutation(perm, N, 0xbeef);
-    int64_t deadline = mono_now() - 1 * MS;
-    for (unsigned k = 0; k < N; k++) {
-        spindle_timer_mod(e[perm[k]].t, deadline);
-    }
-    harness_drain(ctx);
-
-    assert_int_equal(log.n, N);
-    for (unsigned k = 0; k < N; k++) {
-        assert_int_equal(log.seq[k], perm[k]);
-    }
-
-    order_entries_free(e, N);
-}
-
-static void timer_rearmed_to_an_equal_deadline_fires_after_the_others(void **state)
-{
-    enum { N = 3 };
-    spindle_ctx *ctx = ctx_of(state);
-    struct order_log log = { .n = 0, .expected = N };
-    struct order_entry e[N];
-
-    order_entries_new(ctx, &log, e, N);
-
-    int64_t deadline = mono_now() - 1 * MS;
-    spindle_timer_mod(e[0].t, deadline);
-    spindle_timer_mod(e[1].t, deadline);
-    spindle_timer_mod(e[2].t, deadline);
-    /* Move timer 0 away and back: its latest arming is now the last. */
-    spindle_timer_mod(e[0].t, deadline + HOUR);
-    spindle_timer_mod(e[0].t, deadline);
-    harness_drain(ctx);
-
-    assert_int_equal(log.n, N);
-    assert_int_equal(log.seq[0], 1);
-    assert_int_equal(log.seq[1], 2);
-    assert_int_equal(log.seq[2], 0);
-
-    order_entries_free(e, N);
-}
-
-/* 200,000 timers with random deadlines: each fires exactly once, and the
- * deadlines of the firing sequence never decrease. */
+/* Many timers that log their deadlines in the order they fire, until
+ * `expected` of them have: timer t[i] has entry[i]. */
 struct mass_entry {
     int64_t deadline;
     unsigned count;
@@ -331,6 +104,8 @@ struct mass_state {
     size_t n;
     size_t expected;
     volatile bool all_fired;
+    spindle_timer **t;
+    struct mass_entry *entry;
 };
 
 static struct mass_state *mass_state_ptr;
@@ -349,44 +124,325 @@ static void mass_cb(void *opaque)
     }
 }
 
-/* n timers that log their deadlines in m (mass_cb), until `expected`. */
-static void mass_new(spindle_ctx *ctx, size_t n, size_t expected,
-                     struct mass_entry **entries, spindle_timer ***timers,
-                     struct mass_state *m)
+/* ------------------------------------------------------------------------
+ * Fixture
+ *
+ * Every test gets a fresh context. The timers a test makes through the
+ * helpers below belong to the fixture, and its tear-down frees them, then
+ * the context: a test body holds only what it checks, and one that fails
+ * half-way (an assertion longjmps out of it) leaves nothing behind for the
+ * next test or for LeakSanitizer. A timer that the test or a callback frees
+ * itself comes from spindle_timer_new instead.
+ */
+
+#define OWNED_MAX 256
+#define PROBES_MAX 20
+
+struct fixture {
+    spindle_ctx *ctx;        /* NULL once a test has freed it itself */
+    spindle_timer *owned[OWNED_MAX];
+    unsigned n_owned;
+    struct probe probe[PROBES_MAX];
+    unsigned n_probes;
+    struct order_log log;
+    struct mass_state mass;
+};
+
+static spindle_ctx *ctx_of(void **state)
 {
-    *entries = calloc(n, sizeof(**entries));
-    *timers = calloc(n, sizeof(**timers));
-    *m = (struct mass_state){ .n = 0, .expected = expected };
+    struct fixture *f = *state;
+    return f->ctx;
+}
+
+static spindle_timer *timer_new(void **state, spindle_clock clock,
+                                spindle_io_fn *cb, void *opaque)
+{
+    struct fixture *f = *state;
+    assert_true(f->n_owned < OWNED_MAX);
+    spindle_timer *t = spindle_timer_new(f->ctx, clock, cb, opaque);
+    assert_non_null(t);
+    f->owned[f->n_owned++] = t;
+    return t;
+}
+
+static struct probe *probe_new(void **state, spindle_clock clock)
+{
+    struct fixture *f = *state;
+    assert_true(f->n_probes < PROBES_MAX);
+    struct probe *p = &f->probe[f->n_probes++];
+    p->clock = clock;
+    p->t = timer_new(state, clock, probe_cb, p);
+    return p;
+}
+
+/* The probe that PROBE_TEST and REALTIME_PROBE_TEST set up. */
+static struct probe *probe_of(void **state)
+{
+    struct fixture *f = *state;
+    assert_true(f->n_probes > 0);
+    return &f->probe[0];
+}
+
+/* n monotonic timers logging their ids into the fixture's order log, until
+ * all n have fired. */
+static struct order_log *order_timers_new(void **state, unsigned n)
+{
+    struct fixture *f = *state;
+    struct order_log *log = &f->log;
+    assert_true(n <= ORDER_MAX);
+    log->expected = n;
+    for (unsigned i = 0; i < n; i++) {
+        log->entry[i] = (struct order_entry){ .log = log, .id = i };
+        log->t[i] = timer_new(state, SPINDLE_CLOCK_MONOTONIC, order_cb,
+                              &log->entry[i]);
+    }
+    return log;
+}
+
+/* n monotonic timers logging their deadlines (mass_cb), until `expected`.
+ * Too many for the owned list: they go with the context. */
+static struct mass_state *mass_new(void **state, size_t n, size_t expected)
+{
+    struct fixture *f = *state;
+    struct mass_state *m = &f->mass;
+    m->expected = expected;
     m->seq = calloc(n, sizeof(*m->seq));
-    assert_non_null(*entries);
-    assert_non_null(*timers);
+    m->t = calloc(n, sizeof(*m->t));
+    m->entry = calloc(n, sizeof(*m->entry));
     assert_non_null(m->seq);
+    assert_non_null(m->t);
+    assert_non_null(m->entry);
     mass_state_ptr = m;
     for (size_t i = 0; i < n; i++) {
-        (*timers)[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         mass_cb, &(*entries)[i]);
-        assert_non_null((*timers)[i]);
+        m->t[i] = spindle_timer_new(f->ctx, SPINDLE_CLOCK_MONOTONIC, mass_cb,
+                                    &m->entry[i]);
+        assert_non_null(m->t[i]);
+    }
+    return m;
+}
+
+static int setup(void **state)
+{
+    harness_watchdog_arm(state);
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    *state = f;
+    f->ctx = spindle_ctx_new();
+    return f->ctx ? 0 : -1;
+}
+
+static int probe_setup(void **state)
+{
+    int ret = setup(state);
+    if (ret == 0) {
+        probe_new(state, SPINDLE_CLOCK_MONOTONIC);
+    }
+    return ret;
+}
+
+static int realtime_probe_setup(void **state)
+{
+    int ret = setup(state);
+    if (ret == 0) {
+        probe_new(state, SPINDLE_CLOCK_REALTIME);
+    }
+    return ret;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    for (unsigned i = 0; i < f->n_owned; i++) {
+        spindle_timer_free(f->owned[i]);
+    }
+    spindle_ctx_free(f->ctx);
+    /* After the context: its timers point into these. */
+    mass_state_ptr = NULL;
+    free(f->mass.seq);
+    free(f->mass.t);
+    free(f->mass.entry);
+    free(f);
+    return harness_watchdog_disarm(state);
+}
+
+/* Most tests are about one timer: PROBE_TEST and REALTIME_PROBE_TEST make
+ * it (probe_of), on that clock, before the test starts. */
+#define TIMER_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define PROBE_TEST(fn) \
+    cmocka_unit_test_setup_teardown(fn, probe_setup, teardown)
+#define REALTIME_PROBE_TEST(fn) \
+    cmocka_unit_test_setup_teardown(fn, realtime_probe_setup, teardown)
+
+/* ------------------------------------------------------------------------
+ * Firing
+ */
+
+static void timer_fires_once(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe *p = probe_of(state);
+
+    spindle_timer_mod(p->t, mono_now() + 1 * MS);
+    harness_poll_until(ctx, &p->fired, 100000);
+    harness_drain(ctx);
+    assert_int_equal(p->count, 1);
+}
+
+static void timer_never_fires_before_its_deadline(void **state)
+{
+    enum { N = 20 };
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe *p[N];
+    for (unsigned i = 0; i < N; i++) {
+        p[i] = probe_new(state, SPINDLE_CLOCK_MONOTONIC);
+    }
+
+    /* Deadlines spread over a few ms, at sub-millisecond offsets, so that
+     * a sleep rounded down to whole milliseconds would wake early. */
+    int64_t now = mono_now();
+    for (unsigned i = 0; i < N; i++) {
+        p[i]->deadline = now + (int64_t)(i + 1) * 250 * US + 1;
+        spindle_timer_mod(p[i]->t, p[i]->deadline);
+    }
+    harness_poll_until(ctx, &p[N - 1]->fired, 1000000);
+    harness_drain(ctx);
+
+    for (unsigned i = 0; i < N; i++) {
+        assert_int_equal(p[i]->count, 1);
+        assert_true(p[i]->fired_at >= p[i]->deadline);
     }
 }
 
-/* The timers themselves go with the context (teardown). */
-static void mass_free(struct mass_entry *entries, spindle_timer **timers,
-                      struct mass_state *m)
+static void timer_is_not_pending_inside_its_callback(void **state)
 {
-    mass_state_ptr = NULL;
-    free(m->seq);
-    free(timers);
-    free(entries);
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe *p = probe_of(state);
+
+    spindle_timer_mod(p->t, mono_now() - 1 * MS);
+    assert_true(harness_poll(ctx, false));
+    assert_int_equal(p->count, 1);
+    assert_false(p->pending_in_cb);
+    assert_int_equal(p->expire_in_cb, -1);
 }
 
+static void timer_with_past_deadline_fires_in_next_iteration(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe *p = probe_of(state);
+
+    spindle_timer_mod(p->t, mono_now() - 1 * MS);
+    assert_int_equal(p->count, 0); /* never synchronously */
+    assert_true(harness_poll(ctx, false));
+    assert_int_equal(p->count, 1);
+}
+
+static void blocking_poll_with_only_a_timer_returns_after_it_fires(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe *p = probe_of(state);
+
+    p->deadline = mono_now() + 5 * MS;
+    spindle_timer_mod(p->t, p->deadline);
+    /* The loop sleeps until the deadline and wakes for it (an infinite
+     * sleep hangs and the watchdog fails the test). */
+    harness_poll_until(ctx, &p->fired, 100000);
+    assert_int_equal(p->count, 1);
+    assert_true(p->fired_at >= p->deadline);
+}
+
+static void realtime_timer_fires_after_its_deadline(void **state)
+{
+    spindle_ctx *ctx = ctx_of(state);
+    struct probe *p = probe_of(state);
+
+    int64_t now = spindle_now_ns(SPINDLE_CLOCK_REALTIME);
+    assert_true(now > 0);
+    p->deadline = now + 2 * MS + 1;
+    spindle_timer_mod(p->t, p->deadline);
+    assert_true(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), p->deadline);
+    harness_poll_until(ctx, &p->fired, 100000);
+    harness_drain(ctx);
+    assert_int_equal(p->count, 1);
+    assert_true(p->fired_at >= p->deadline);
+}
+
+/* ------------------------------------------------------------------------
+ * Order
+ */
+
+static void timers_fire_in_deadline_order(void **state)
+{
+    enum { N = 100 };
+    spindle_ctx *ctx = ctx_of(state);
+    struct order_log *log = order_timers_new(state, N);
+    unsigned perm[N];
+
+    /* Timer i's deadline is base + (i - N/2) * 10 us: half of them in the
+     * past, half in the next half millisecond. Arm them in shuffled order. */
+    shuffled_permutation(perm, N, 0xdead);
+    int64_t base = mono_now();
+    for (unsigned k = 0; k < N; k++) {
+        unsigned i = perm[k];
+        spindle_timer_mod(log->t[i], base + ((int64_t)i - N / 2) * 10 * US);
+    }
+    harness_poll_until(ctx, &log->all_fired, 1000000);
+    harness_drain(ctx);
+
+    assert_int_equal(log->n, N);
+    for (unsigned k = 0; k < N; k++) {
+        assert_int_equal(log->seq[k], k);
+    }
+}
+
+static void timers_with_equal_deadlines_fire_in_arming_order(void **state)
+{
+    enum { N = 100 };
+    spindle_ctx *ctx = ctx_of(state);
+    struct order_log *log = order_timers_new(state, N);
+    unsigned perm[N];
+
+    shuffled_permutation(perm, N, 0xbeef);
+    int64_t deadline = mono_now() - 1 * MS;
+    for (unsigned k = 0; k < N; k++) {
+        spindle_timer_mod(log->t[perm[k]], deadline);
+    }
+    harness_drain(ctx);
+
+    assert_int_equal(log->n, N);
+    for (unsigned k = 0; k < N; k++) {
+        assert_int_equal(log->seq[k], perm[k]);
+    }
+}
+
+static void timer_rearmed_to_an_equal_deadline_fires_after_the_others(void **state)
+{
+    enum { N = 3 };
+    spindle_ctx *ctx = ctx_of(state);
+    struct order_log *log = order_timers_new(state, N);
+
+    int64_t deadline = mono_now() - 1 * MS;
+    spindle_timer_mod(log->t[0], deadline);
+    spindle_timer_mod(log->t[1], deadline);
+    spindle_timer_mod(log->t[2], deadline);
+    /* Move timer 0 away and back: its latest arming is now the last. */
+    spindle_timer_mod(log->t[0], deadline + HOUR);
+    spindle_timer_mod(log->t[0], deadline);
+    harness_drain(ctx);
+
+    assert_int_equal(log->n, N);
+    assert_int_equal(log->seq[0], 1);
+    assert_int_equal(log->seq[1], 2);
+    assert_int_equal(log->seq[2], 0);
+}
+
+/* 200,000 timers with random deadlines: each fires exactly once, and the
+ * deadlines of the firing sequence never decrease. */
 static void many_random_timers_fire_once_in_deadline_order(void **state)
 {
     enum { N = 200000 };
     spindle_ctx *ctx = ctx_of(state);
-    struct mass_entry *entries;
-    spindle_timer **timers;
-    struct mass_state m;
-    mass_new(ctx, N, N, &entries, &timers, &m);
+    struct mass_state *m = mass_new(state, N, N);
 
     /* Deadlines in [now - 20 ms, now + 20 ms), with many duplicates
      * (microsecond granularity). */
@@ -394,26 +450,24 @@ static void many_random_timers_fire_once_in_deadline_order(void **state)
     int64_t now = mono_now();
     for (size_t i = 0; i < N; i++) {
         int64_t off = (int64_t)(harness_rng(&s) % 40000) - 20000;
-        entries[i].deadline = now + off * US;
-        spindle_timer_mod(timers[i], entries[i].deadline);
+        m->entry[i].deadline = now + off * US;
+        spindle_timer_mod(m->t[i], m->entry[i].deadline);
     }
 
-    harness_poll_until(ctx, &m.all_fired, 1000000);
+    harness_poll_until(ctx, &m->all_fired, 1000000);
     harness_drain(ctx);
 
-    assert_int_equal(m.n, N);
+    assert_int_equal(m->n, N);
     size_t fired_once = 0;
     for (size_t i = 0; i < N; i++) {
-        fired_once += entries[i].count == 1;
+        fired_once += m->entry[i].count == 1;
     }
     assert_int_equal(fired_once, N);
     size_t out_of_order = 0;
     for (size_t k = 1; k < N; k++) {
-        out_of_order += m.seq[k] < m.seq[k - 1];
+        out_of_order += m->seq[k] < m->seq[k - 1];
     }
     assert_int_equal(out_of_order, 0);
-
-    mass_free(entries, timers, &m);
 }
 
 /* ------------------------------------------------------------------------
@@ -423,119 +477,97 @@ static void many_random_timers_fire_once_in_deadline_order(void **state)
 static void timer_rearmed_earlier_fires_at_the_new_deadline(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
-    spindle_timer_mod(p.t, mono_now() + HOUR);
+    spindle_timer_mod(p->t, mono_now() + HOUR);
     assert_false(harness_poll(ctx, false));
-    assert_int_equal(p.count, 0);
+    assert_int_equal(p->count, 0);
 
     int64_t deadline = mono_now() - 1 * MS;
-    spindle_timer_mod(p.t, deadline);
-    assert_int_equal(spindle_timer_expire_ns(p.t), deadline);
+    spindle_timer_mod(p->t, deadline);
+    assert_int_equal(spindle_timer_expire_ns(p->t), deadline);
     harness_drain(ctx);
-    assert_int_equal(p.count, 1);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 1);
 }
 
 static void timer_rearmed_later_does_not_fire_at_the_old_deadline(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
-    spindle_timer_mod(p.t, mono_now() - 1 * MS);
+    spindle_timer_mod(p->t, mono_now() - 1 * MS);
     int64_t later = mono_now() + HOUR;
-    spindle_timer_mod(p.t, later);
+    spindle_timer_mod(p->t, later);
     assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
-    assert_int_equal(p.count, 0);
-    assert_true(spindle_timer_pending(p.t));
-    assert_int_equal(spindle_timer_expire_ns(p.t), later);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 0);
+    assert_true(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), later);
 }
 
 static void timer_del_stops_it(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
-    spindle_timer_mod(p.t, mono_now() - 1 * MS);
-    spindle_timer_del(p.t);
-    assert_false(spindle_timer_pending(p.t));
-    assert_int_equal(spindle_timer_expire_ns(p.t), -1);
+    spindle_timer_mod(p->t, mono_now() - 1 * MS);
+    spindle_timer_del(p->t);
+    assert_false(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), -1);
     assert_false(harness_poll(ctx, false));
     harness_drain(ctx);
-    assert_int_equal(p.count, 0);
+    assert_int_equal(p->count, 0);
     assert_int_equal(spindle_compute_timeout(ctx), -1);
-
-    spindle_timer_free(p.t);
 }
 
 static void timer_deleted_can_be_armed_again(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
-    spindle_timer_mod(p.t, mono_now() - 1 * MS);
-    spindle_timer_del(p.t);
-    spindle_timer_del(p.t); /* deleting a disarmed timer is harmless */
-    spindle_timer_mod(p.t, mono_now() - 1 * MS);
+    spindle_timer_mod(p->t, mono_now() - 1 * MS);
+    spindle_timer_del(p->t);
+    spindle_timer_del(p->t); /* deleting a disarmed timer is harmless */
+    spindle_timer_mod(p->t, mono_now() - 1 * MS);
     harness_drain(ctx);
-    assert_int_equal(p.count, 1);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 1);
 }
 
 static void timer_mod_anticipate_never_moves_a_deadline_later(void **state)
 {
-    spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
     int64_t deadline = mono_now() + HOUR;
-    spindle_timer_mod(p.t, deadline);
-    spindle_timer_mod_anticipate(p.t, deadline + HOUR);
-    assert_true(spindle_timer_pending(p.t));
-    assert_int_equal(spindle_timer_expire_ns(p.t), deadline);
-
-    spindle_timer_free(p.t);
+    spindle_timer_mod(p->t, deadline);
+    spindle_timer_mod_anticipate(p->t, deadline + HOUR);
+    assert_true(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), deadline);
 }
 
 static void timer_mod_anticipate_moves_a_deadline_earlier(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
     int64_t now = mono_now();
-    spindle_timer_mod(p.t, now + HOUR);
-    spindle_timer_mod_anticipate(p.t, now - 1 * MS);
-    assert_int_equal(spindle_timer_expire_ns(p.t), now - 1 * MS);
+    spindle_timer_mod(p->t, now + HOUR);
+    spindle_timer_mod_anticipate(p->t, now - 1 * MS);
+    assert_int_equal(spindle_timer_expire_ns(p->t), now - 1 * MS);
     harness_drain(ctx);
-    assert_int_equal(p.count, 1);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 1);
 }
 
 static void timer_mod_anticipate_arms_a_disarmed_timer(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
     int64_t deadline = mono_now() - 1 * MS;
-    spindle_timer_mod_anticipate(p.t, deadline);
-    assert_true(spindle_timer_pending(p.t));
-    assert_int_equal(spindle_timer_expire_ns(p.t), deadline);
+    spindle_timer_mod_anticipate(p->t, deadline);
+    assert_true(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), deadline);
     harness_drain(ctx);
-    assert_int_equal(p.count, 1);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 1);
 }
 
 /* A callback that re-arms its own timer in the past, up to a cap, so that a
@@ -561,8 +593,7 @@ static void timer_rearmed_in_past_by_its_callback_fires_once_per_iteration(
 {
     spindle_ctx *ctx = ctx_of(state);
     struct self_rearm s = { 0 };
-    s.t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, self_rearm_cb, &s);
-    assert_non_null(s.t);
+    s.t = timer_new(state, SPINDLE_CLOCK_MONOTONIC, self_rearm_cb, &s);
 
     spindle_timer_mod(s.t, mono_now() - 1 * MS);
     enum { N = 100 };
@@ -571,8 +602,6 @@ static void timer_rearmed_in_past_by_its_callback_fires_once_per_iteration(
         assert_int_equal(s.count, i);
     }
     assert_true(spindle_timer_pending(s.t));
-
-    spindle_timer_free(s.t);
 }
 
 /* A's callback arms B with a past deadline: B waits for the next iteration. */
@@ -600,12 +629,9 @@ static void timer_armed_by_a_timer_callback_fires_in_a_later_iteration(
 {
     spindle_ctx *ctx = ctx_of(state);
     struct arm_other s = { 0 };
-    spindle_timer *a = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         arm_other_a_cb, &s);
-    s.other = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, arm_other_b_cb,
-                                &s);
-    assert_non_null(a);
-    assert_non_null(s.other);
+    spindle_timer *a = timer_new(state, SPINDLE_CLOCK_MONOTONIC,
+                                 arm_other_a_cb, &s);
+    s.other = timer_new(state, SPINDLE_CLOCK_MONOTONIC, arm_other_b_cb, &s);
 
     spindle_timer_mod(a, mono_now() - 2 * MS);
     assert_true(harness_poll(ctx, false));
@@ -613,9 +639,6 @@ static void timer_armed_by_a_timer_callback_fires_in_a_later_iteration(
     assert_int_equal(s.b_count, 0);
     assert_true(harness_poll(ctx, false));
     assert_int_equal(s.b_count, 1);
-
-    spindle_timer_free(a);
-    spindle_timer_free(s.other);
 }
 
 /* ------------------------------------------------------------------------
@@ -704,11 +727,11 @@ static void timer_freed_by_another_timer_callback_never_fires(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
     struct free_other s = { 0 };
-    spindle_timer *a = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         free_other_a_cb, &s);
+    spindle_timer *a = timer_new(state, SPINDLE_CLOCK_MONOTONIC,
+                                 free_other_a_cb, &s);
+    /* Not the fixture's: A's callback frees it. */
     s.victim = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
                                  free_other_b_cb, &s);
-    assert_non_null(a);
     assert_non_null(s.victim);
 
     int64_t now = mono_now();
@@ -718,8 +741,6 @@ static void timer_freed_by_another_timer_callback_never_fires(void **state)
     assert_int_equal(s.a_count, 1);
     assert_int_equal(s.b_count, 0);
     assert_null(s.victim);
-
-    spindle_timer_free(a);
 }
 
 static void timer_freed_while_armed_never_fires(void **state)
@@ -745,49 +766,33 @@ static void timer_freed_while_armed_never_fires(void **state)
 static void timer_new_is_disarmed(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    unsigned count = 0;
-    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         harness_count_cb, &count);
-    assert_non_null(t);
+    struct probe *p = probe_of(state);
 
-    assert_false(spindle_timer_pending(t));
-    assert_int_equal(spindle_timer_expire_ns(t), -1);
+    assert_false(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), -1);
     assert_int_equal(spindle_compute_timeout(ctx), -1);
-
-    spindle_timer_free(t);
 }
 
 static void timer_armed_reports_pending_and_its_deadline(void **state)
 {
-    spindle_ctx *ctx = ctx_of(state);
-    unsigned count = 0;
-    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         harness_count_cb, &count);
-    assert_non_null(t);
+    struct probe *p = probe_of(state);
 
     int64_t deadline = mono_now() + HOUR;
-    spindle_timer_mod(t, deadline);
-    assert_true(spindle_timer_pending(t));
-    assert_int_equal(spindle_timer_expire_ns(t), deadline);
-
-    spindle_timer_free(t);
+    spindle_timer_mod(p->t, deadline);
+    assert_true(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), deadline);
 }
 
 static void timer_is_disarmed_after_it_fired(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    unsigned count = 0;
-    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         harness_count_cb, &count);
-    assert_non_null(t);
+    struct probe *p = probe_of(state);
 
-    spindle_timer_mod(t, mono_now() - 1 * MS);
+    spindle_timer_mod(p->t, mono_now() - 1 * MS);
     harness_drain(ctx);
-    assert_int_equal(count, 1);
-    assert_false(spindle_timer_pending(t));
-    assert_int_equal(spindle_timer_expire_ns(t), -1);
-
-    spindle_timer_free(t);
+    assert_int_equal(p->count, 1);
+    assert_false(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), -1);
 }
 
 static void now_ns_is_nondecreasing_on_the_monotonic_clock(void **state)
@@ -816,57 +821,39 @@ static void now_ns_with_an_invalid_clock_returns_einval(void **state)
 static void compute_timeout_is_the_time_to_the_earliest_deadline(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    unsigned count = 0;
-    spindle_timer *late = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                            harness_count_cb, &count);
-    spindle_timer *early = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                             harness_count_cb, &count);
-    assert_non_null(late);
-    assert_non_null(early);
+    struct probe *late = probe_new(state, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *early = probe_new(state, SPINDLE_CLOCK_MONOTONIC);
 
     /* Gaps of seconds, so that no scheduling delay can make them 0. */
     int64_t now = mono_now();
     int64_t gap = INT64_C(10) * 1000 * MS;
-    spindle_timer_mod(late, now + 2 * gap);
-    spindle_timer_mod(early, now + gap);
+    spindle_timer_mod(late->t, now + 2 * gap);
+    spindle_timer_mod(early->t, now + gap);
     int64_t timeout = spindle_compute_timeout(ctx);
     assert_true(timeout > 0);
     assert_true(timeout <= gap);
-
-    spindle_timer_free(early);
-    spindle_timer_free(late);
 }
 
 static void compute_timeout_is_zero_with_an_expired_timer(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    unsigned count = 0;
-    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         harness_count_cb, &count);
-    assert_non_null(t);
+    struct probe *p = probe_of(state);
 
-    spindle_timer_mod(t, mono_now() - 1 * MS);
+    spindle_timer_mod(p->t, mono_now() - 1 * MS);
     assert_int_equal(spindle_compute_timeout(ctx), 0);
-
-    spindle_timer_free(t);
 }
 
 static void compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap(
     void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    unsigned count = 0;
-    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_REALTIME,
-                                         harness_count_cb, &count);
-    assert_non_null(t);
+    struct probe *p = probe_of(state);
 
     int64_t gap = INT64_C(10) * 1000 * MS;
-    spindle_timer_mod(t, spindle_now_ns(SPINDLE_CLOCK_REALTIME) + gap);
+    spindle_timer_mod(p->t, spindle_now_ns(SPINDLE_CLOCK_REALTIME) + gap);
     int64_t timeout = spindle_compute_timeout(ctx);
     assert_true(timeout > 0);
     assert_true(timeout <= gap);
-
-    spindle_timer_free(t);
 }
 
 /* ------------------------------------------------------------------------
@@ -888,19 +875,16 @@ static void *arm_thread(void *opaque)
 static void timer_armed_from_another_thread_wakes_blocking_poll(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
     /* The loop may be asleep with an infinite timeout when the timer gets
      * armed: the earlier head must wake it (else the watchdog fires). */
-    struct arm_thread_arg arg = { p.t, mono_now() - 1 * MS };
+    struct arm_thread_arg arg = { p->t, mono_now() - 1 * MS };
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, arm_thread, &arg), 0);
-    harness_poll_until(ctx, &p.fired, 1000);
+    harness_poll_until(ctx, &p->fired, 1000);
     assert_int_equal(pthread_join(th, NULL), 0);
-    assert_int_equal(p.count, 1);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 1);
 }
 
 /* ------------------------------------------------------------------------
@@ -910,94 +894,79 @@ static void timer_armed_from_another_thread_wakes_blocking_poll(void **state)
 static void timer_mod_in_fires_once_its_delay_has_passed(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
     int64_t before = mono_now();
-    spindle_timer_mod_in(p.t, 2 * MS);
+    spindle_timer_mod_in(p->t, 2 * MS);
     int64_t after = mono_now();
-    int64_t deadline = spindle_timer_expire_ns(p.t);
-    assert_true(spindle_timer_pending(p.t));
+    int64_t deadline = spindle_timer_expire_ns(p->t);
+    assert_true(spindle_timer_pending(p->t));
     assert_true(deadline >= before + 2 * MS);
     assert_true(deadline <= after + 2 * MS);
-    harness_poll_until(ctx, &p.fired, 100000);
+    harness_poll_until(ctx, &p->fired, 100000);
     harness_drain(ctx);
-    assert_int_equal(p.count, 1);
-    assert_true(p.fired_at >= deadline);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 1);
+    assert_true(p->fired_at >= deadline);
 }
 
 static void timer_mod_in_rearmed_pushes_the_deadline_back(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
     /* An idle timeout re-armed on every "read": it fires once, after the
      * last re-arm, never at an earlier deadline. */
     int64_t last = 0;
     for (int i = 0; i < 50; i++) {
-        spindle_timer_mod_in(p.t, 1 * MS);
-        last = spindle_timer_expire_ns(p.t);
+        spindle_timer_mod_in(p->t, 1 * MS);
+        last = spindle_timer_expire_ns(p->t);
         assert_false(harness_poll(ctx, false));
     }
-    harness_poll_until(ctx, &p.fired, 100000);
+    harness_poll_until(ctx, &p->fired, 100000);
     harness_drain(ctx);
-    assert_int_equal(p.count, 1);
-    assert_true(p.fired_at >= last);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 1);
+    assert_true(p->fired_at >= last);
 }
 
 static void timer_mod_in_with_a_negative_delay_is_due(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
-    spindle_timer_mod_in(p.t, -HOUR);
-    assert_true(spindle_timer_pending(p.t));
-    assert_true(spindle_timer_expire_ns(p.t) >= 0);
+    spindle_timer_mod_in(p->t, -HOUR);
+    assert_true(spindle_timer_pending(p->t));
+    assert_true(spindle_timer_expire_ns(p->t) >= 0);
     assert_int_equal(spindle_compute_timeout(ctx), 0);
     assert_true(harness_poll(ctx, false));
-    assert_int_equal(p.count, 1);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 1);
 }
 
 static void timer_mod_in_saturates_at_the_end_of_time(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct probe *p = probe_of(state);
 
-    spindle_timer_mod_in(p.t, INT64_MAX);
-    assert_true(spindle_timer_pending(p.t));
-    assert_int_equal(spindle_timer_expire_ns(p.t), INT64_MAX);
+    spindle_timer_mod_in(p->t, INT64_MAX);
+    assert_true(spindle_timer_pending(p->t));
+    assert_int_equal(spindle_timer_expire_ns(p->t), INT64_MAX);
     assert_true(spindle_compute_timeout(ctx) > 100 * HOUR);
     assert_false(harness_poll(ctx, false));
-    assert_int_equal(p.count, 0);
-
-    spindle_timer_free(p.t);
+    assert_int_equal(p->count, 0);
 }
 
 static void timer_mod_in_counts_on_the_timers_own_clock(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
-    struct probe p;
-    probe_init(&p, ctx, SPINDLE_CLOCK_REALTIME);
+    struct probe *p = probe_of(state);
 
     int64_t before = spindle_now_ns(SPINDLE_CLOCK_REALTIME);
-    spindle_timer_mod_in(p.t, 1 * MS);
+    spindle_timer_mod_in(p->t, 1 * MS);
     int64_t after = spindle_now_ns(SPINDLE_CLOCK_REALTIME);
-    int64_t deadline = spindle_timer_expire_ns(p.t);
+    int64_t deadline = spindle_timer_expire_ns(p->t);
     assert_true(deadline >= before + 1 * MS && deadline <= after + 1 * MS);
-    harness_poll_until(ctx, &p.fired, 100000);
-    assert_int_equal(p.count, 1);
-    assert_true(p.fired_at >= deadline);
-
-    spindle_timer_free(p.t);
+    harness_poll_until(ctx, &p->fired, 100000);
+    assert_int_equal(p->count, 1);
+    assert_true(p->fired_at >= deadline);
 }
 
 static void timer_mod_in_null_handle_is_ignored(void **state)
@@ -1016,31 +985,25 @@ static void timer_at_the_end_of_time_waits_while_nearer_ones_fire(void **state)
 {
     spindle_ctx *ctx = ctx_of(state);
     enum { N = 4 };
-    struct order_log log = { .n = 0, .expected = N };
-    struct order_entry e[N];
-    order_entries_new(ctx, &log, e, N);
-    struct probe end;
-    probe_init(&end, ctx, SPINDLE_CLOCK_MONOTONIC);
+    struct order_log *log = order_timers_new(state, N);
+    struct probe *end = probe_new(state, SPINDLE_CLOCK_MONOTONIC);
 
     int64_t now = mono_now();
-    spindle_timer_mod(end.t, INT64_MAX);
-    spindle_timer_mod(e[3].t, now + 3 * MS);   /* another level */
-    spindle_timer_mod(e[2].t, now + 300 * US);
-    spindle_timer_mod(e[1].t, now + 20 * US);
-    spindle_timer_mod(e[0].t, 0);              /* the beginning of time */
-    harness_poll_until(ctx, &log.all_fired, 100000);
+    spindle_timer_mod(end->t, INT64_MAX);
+    spindle_timer_mod(log->t[3], now + 3 * MS);   /* another level */
+    spindle_timer_mod(log->t[2], now + 300 * US);
+    spindle_timer_mod(log->t[1], now + 20 * US);
+    spindle_timer_mod(log->t[0], 0);              /* the beginning of time */
+    harness_poll_until(ctx, &log->all_fired, 100000);
     harness_drain(ctx);
 
-    assert_int_equal(log.n, N);
+    assert_int_equal(log->n, N);
     for (unsigned k = 0; k < N; k++) {
-        assert_int_equal(log.seq[k], k);
+        assert_int_equal(log->seq[k], k);
     }
-    assert_int_equal(end.count, 0);
-    assert_int_equal(spindle_timer_expire_ns(end.t), INT64_MAX);
+    assert_int_equal(end->count, 0);
+    assert_int_equal(spindle_timer_expire_ns(end->t), INT64_MAX);
     assert_true(spindle_compute_timeout(ctx) > 100 * HOUR);
-
-    order_entries_free(e, N);
-    spindle_timer_free(end.t);
 }
 
 static void compute_timeout_is_exact_for_far_timers(void **state)
@@ -1078,10 +1041,7 @@ static void timers_rearmed_many_times_fire_once_at_their_last_deadline(
 {
     spindle_ctx *ctx = ctx_of(state);
     enum { N = 1000, ROUNDS = 100 };
-    struct mass_entry *entries;
-    spindle_timer **timers;
-    struct mass_state m;
-    mass_new(ctx, N, N / 2, &entries, &timers, &m);
+    struct mass_state *m = mass_new(state, N, N / 2);
 
     uint64_t s = 0xfeed;
     int64_t now = mono_now();
@@ -1092,31 +1052,29 @@ static void timers_rearmed_many_times_fire_once_at_their_last_deadline(
                         : x % 4 == 1 ? now + (int64_t)(x % 5000) * MS
                         : x % 4 == 2 ? now + HOUR + (int64_t)(x % 1000)
                                      : now - (int64_t)(x % 1000) * US;
-            spindle_timer_mod(timers[i], d);
+            spindle_timer_mod(m->t[i], d);
             if (x % 64 == 0) {
-                spindle_timer_del(timers[i]);
+                spindle_timer_del(m->t[i]);
             }
         }
     }
     /* Last arming: half in the past, half an hour ahead. */
     for (size_t i = 0; i < N; i++) {
-        entries[i].deadline = i % 2 ? now + HOUR + (int64_t)i
+        m->entry[i].deadline = i % 2 ? now + HOUR + (int64_t)i
                                     : now - (int64_t)(N - i) * US;
-        spindle_timer_mod(timers[i], entries[i].deadline);
+        spindle_timer_mod(m->t[i], m->entry[i].deadline);
     }
     harness_drain(ctx);
 
-    assert_int_equal(m.n, N / 2);
+    assert_int_equal(m->n, N / 2);
     for (size_t i = 0; i < N; i++) {
-        assert_int_equal(entries[i].count, i % 2 ? 0 : 1);
-        assert_int_equal(spindle_timer_expire_ns(timers[i]),
-                         i % 2 ? entries[i].deadline : -1);
+        assert_int_equal(m->entry[i].count, i % 2 ? 0 : 1);
+        assert_int_equal(spindle_timer_expire_ns(m->t[i]),
+                         i % 2 ? m->entry[i].deadline : -1);
     }
     for (size_t k = 1; k < N / 2; k++) {
-        assert_true(m.seq[k] > m.seq[k - 1]);
+        assert_true(m->seq[k] > m->seq[k - 1]);
     }
-
-    mass_free(entries, timers, &m);
 }
 
 /* ------------------------------------------------------------------------
@@ -1178,6 +1136,7 @@ static void timer_null_handle_is_not_pending(void **state)
 
 static void ctx_free_with_armed_and_disarmed_timers_leaks_nothing(void **state)
 {
+    struct fixture *f = *state;
     spindle_ctx *ctx = ctx_of(state);
     unsigned count = 0;
     spindle_timer *t[10];
@@ -1199,60 +1158,61 @@ static void ctx_free_with_armed_and_disarmed_timers_leaks_nothing(void **state)
 
     /* No callback runs; LeakSanitizer / valgrind report what is left. */
     spindle_ctx_free(ctx);
-    *state = NULL;
+    f->ctx = NULL;
     assert_int_equal(count, 0);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        CTX_TEST(timer_fires_once),
-        CTX_TEST(timer_never_fires_before_its_deadline),
-        CTX_TEST(timer_is_not_pending_inside_its_callback),
-        CTX_TEST(timer_with_past_deadline_fires_in_next_iteration),
-        CTX_TEST(blocking_poll_with_only_a_timer_returns_after_it_fires),
-        CTX_TEST(realtime_timer_fires_after_its_deadline),
-        CTX_TEST(timers_fire_in_deadline_order),
-        CTX_TEST(timers_with_equal_deadlines_fire_in_arming_order),
-        CTX_TEST(timer_rearmed_to_an_equal_deadline_fires_after_the_others),
-        CTX_TEST(many_random_timers_fire_once_in_deadline_order),
-        CTX_TEST(timer_rearmed_earlier_fires_at_the_new_deadline),
-        CTX_TEST(timer_rearmed_later_does_not_fire_at_the_old_deadline),
-        CTX_TEST(timer_del_stops_it),
-        CTX_TEST(timer_deleted_can_be_armed_again),
-        CTX_TEST(timer_mod_anticipate_never_moves_a_deadline_later),
-        CTX_TEST(timer_mod_anticipate_moves_a_deadline_earlier),
-        CTX_TEST(timer_mod_anticipate_arms_a_disarmed_timer),
-        CTX_TEST(timer_rearmed_in_past_by_its_callback_fires_once_per_iteration),
-        CTX_TEST(timer_armed_by_a_timer_callback_fires_in_a_later_iteration),
-        CTX_TEST(timer_freed_by_its_own_callback),
-        CTX_TEST(timer_rearmed_then_freed_by_its_own_callback_never_fires_again),
-        CTX_TEST(timer_freed_by_another_timer_callback_never_fires),
-        CTX_TEST(timer_freed_while_armed_never_fires),
-        CTX_TEST(timer_new_is_disarmed),
-        CTX_TEST(timer_armed_reports_pending_and_its_deadline),
-        CTX_TEST(timer_is_disarmed_after_it_fired),
-        CTX_TEST(now_ns_is_nondecreasing_on_the_monotonic_clock),
-        CTX_TEST(now_ns_with_an_invalid_clock_returns_einval),
-        CTX_TEST(compute_timeout_is_the_time_to_the_earliest_deadline),
-        CTX_TEST(compute_timeout_is_zero_with_an_expired_timer),
-        CTX_TEST(compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap),
-        CTX_TEST(timer_armed_from_another_thread_wakes_blocking_poll),
-        CTX_TEST(timer_mod_in_fires_once_its_delay_has_passed),
-        CTX_TEST(timer_mod_in_rearmed_pushes_the_deadline_back),
-        CTX_TEST(timer_mod_in_with_a_negative_delay_is_due),
-        CTX_TEST(timer_mod_in_saturates_at_the_end_of_time),
-        CTX_TEST(timer_mod_in_counts_on_the_timers_own_clock),
-        CTX_TEST(timer_mod_in_null_handle_is_ignored),
-        CTX_TEST(timer_at_the_end_of_time_waits_while_nearer_ones_fire),
-        CTX_TEST(compute_timeout_is_exact_for_far_timers),
-        CTX_TEST(timers_rearmed_many_times_fire_once_at_their_last_deadline),
-        CTX_TEST(timer_new_with_null_ctx_fails_with_einval),
-        CTX_TEST(timer_new_with_null_cb_fails_with_einval),
-        CTX_TEST(timer_new_with_unknown_clock_fails_with_einval),
-        CTX_TEST(timer_null_handle_is_ignored),
-        CTX_TEST(timer_null_handle_is_not_pending),
-        CTX_TEST(ctx_free_with_armed_and_disarmed_timers_leaks_nothing),
+        PROBE_TEST(timer_fires_once),
+        TIMER_TEST(timer_never_fires_before_its_deadline),
+        PROBE_TEST(timer_is_not_pending_inside_its_callback),
+        PROBE_TEST(timer_with_past_deadline_fires_in_next_iteration),
+        PROBE_TEST(blocking_poll_with_only_a_timer_returns_after_it_fires),
+        REALTIME_PROBE_TEST(realtime_timer_fires_after_its_deadline),
+        TIMER_TEST(timers_fire_in_deadline_order),
+        TIMER_TEST(timers_with_equal_deadlines_fire_in_arming_order),
+        TIMER_TEST(timer_rearmed_to_an_equal_deadline_fires_after_the_others),
+        TIMER_TEST(many_random_timers_fire_once_in_deadline_order),
+        PROBE_TEST(timer_rearmed_earlier_fires_at_the_new_deadline),
+        PROBE_TEST(timer_rearmed_later_does_not_fire_at_the_old_deadline),
+        PROBE_TEST(timer_del_stops_it),
+        PROBE_TEST(timer_deleted_can_be_armed_again),
+        PROBE_TEST(timer_mod_anticipate_never_moves_a_deadline_later),
+        PROBE_TEST(timer_mod_anticipate_moves_a_deadline_earlier),
+        PROBE_TEST(timer_mod_anticipate_arms_a_disarmed_timer),
+        TIMER_TEST(timer_rearmed_in_past_by_its_callback_fires_once_per_iteration),
+        TIMER_TEST(timer_armed_by_a_timer_callback_fires_in_a_later_iteration),
+        TIMER_TEST(timer_freed_by_its_own_callback),
+        TIMER_TEST(timer_rearmed_then_freed_by_its_own_callback_never_fires_again),
+        TIMER_TEST(timer_freed_by_another_timer_callback_never_fires),
+        TIMER_TEST(timer_freed_while_armed_never_fires),
+        PROBE_TEST(timer_new_is_disarmed),
+        PROBE_TEST(timer_armed_reports_pending_and_its_deadline),
+        PROBE_TEST(timer_is_disarmed_after_it_fired),
+        TIMER_TEST(now_ns_is_nondecreasing_on_the_monotonic_clock),
+        TIMER_TEST(now_ns_with_an_invalid_clock_returns_einval),
+        TIMER_TEST(compute_timeout_is_the_time_to_the_earliest_deadline),
+        PROBE_TEST(compute_timeout_is_zero_with_an_expired_timer),
+        REALTIME_PROBE_TEST(
+            compute_timeout_for_a_realtime_timer_is_bounded_by_its_gap),
+        PROBE_TEST(timer_armed_from_another_thread_wakes_blocking_poll),
+        PROBE_TEST(timer_mod_in_fires_once_its_delay_has_passed),
+        PROBE_TEST(timer_mod_in_rearmed_pushes_the_deadline_back),
+        PROBE_TEST(timer_mod_in_with_a_negative_delay_is_due),
+        PROBE_TEST(timer_mod_in_saturates_at_the_end_of_time),
+        REALTIME_PROBE_TEST(timer_mod_in_counts_on_the_timers_own_clock),
+        TIMER_TEST(timer_mod_in_null_handle_is_ignored),
+        TIMER_TEST(timer_at_the_end_of_time_waits_while_nearer_ones_fire),
+        TIMER_TEST(compute_timeout_is_exact_for_far_timers),
+        TIMER_TEST(timers_rearmed_many_times_fire_once_at_their_last_deadline),
+        TIMER_TEST(timer_new_with_null_ctx_fails_with_einval),
+        TIMER_TEST(timer_new_with_null_cb_fails_with_einval),
+        TIMER_TEST(timer_new_with_unknown_clock_fails_with_einval),
+        TIMER_TEST(timer_null_handle_is_ignored),
+        TIMER_TEST(timer_null_handle_is_not_pending),
+        TIMER_TEST(ctx_free_with_armed_and_disarmed_timers_leaks_nothing),
     };
     return RUN_TESTS(tests);
 }
