@@ -16,17 +16,6 @@
  * Helpers
  */
 
-/* Deterministic PRNG (xorshift64*) so that a failure is reproducible. */
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * UINT64_C(2685821657736338717);
-}
-
 /* perm[0..n) = a shuffled permutation of 0..n-1 (Fisher-Yates). */
 static void shuffled_permutation(unsigned *perm, unsigned n, uint64_t seed)
 {
@@ -35,7 +24,7 @@ static void shuffled_permutation(unsigned *perm, unsigned n, uint64_t seed)
         perm[i] = i;
     }
     for (unsigned i = n - 1; i > 0; i--) {
-        unsigned j = (unsigned)(rng_next(&s) % (i + 1));
+        unsigned j = (unsigned)(harness_rng(&s) % (i + 1));
         unsigned tmp = perm[i];
         perm[i] = perm[j];
         perm[j] = tmp;
@@ -76,66 +65,124 @@ static void flag_cb(void *opaque)
     f->ran = true;
 }
 
+/* n BHs on ctx, the i-th logging id i to log when it runs. */
+static void order_bhs_new(spindle_ctx *ctx, struct order_log *log,
+                          struct order_entry *entries, spindle_bh **bhs,
+                          unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        entries[i].log = log;
+        entries[i].id = i;
+        bhs[i] = spindle_bh_new(ctx, order_cb, &entries[i]);
+        assert_non_null(bhs[i]);
+    }
+}
+
+static void order_bhs_delete(spindle_bh **bhs, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        spindle_bh_delete(bhs[i]);
+    }
+}
+
+/* All n ran, exactly in the order expected[0..n). */
+static void assert_ran_in_order(const struct order_log *log,
+                                const unsigned *expected, unsigned n)
+{
+    assert_int_equal(log->n, n);
+    for (unsigned k = 0; k < n; k++) {
+        assert_int_equal(log->seq[k], expected[k]);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Fixtures
+ *
+ * Every test but the NULL-context ones gets a fresh context; most also get
+ * a bottom half that counts its runs in count. The context comes from
+ * harness_ctx_new(), not CTX_TEST's setup, so that embedded runs hand it to
+ * the host before the test starts, as these tests always did.
+ */
+
+struct fixture {
+    spindle_ctx *ctx;
+    spindle_bh *bh;
+    unsigned count;
+};
+
+static int ctx_setup(void **state)
+{
+    harness_watchdog_arm(state);
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    *state = f;
+    f->ctx = harness_ctx_new();
+    return 0;
+}
+
+static int counting_bh_setup(void **state)
+{
+    ctx_setup(state);
+    struct fixture *f = *state;
+    f->bh = spindle_bh_new(f->ctx, harness_count_cb, &f->count);
+    assert_non_null(f->bh);
+    return 0;
+}
+
+/* A test that deletes f->bh or frees f->ctx itself sets it to NULL (both
+ * calls ignore NULL). The BH goes first: it must not outlive its context. */
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    spindle_bh_delete(f->bh);
+    spindle_ctx_free(f->ctx);
+    free(f);
+    return harness_watchdog_disarm(state);
+}
+
+#define WITH_CTX(fn) cmocka_unit_test_setup_teardown(fn, ctx_setup, teardown)
+#define WITH_COUNTING_BH(fn) \
+    cmocka_unit_test_setup_teardown(fn, counting_bh_setup, teardown)
+
 /* ------------------------------------------------------------------------
  * Scheduling
  */
 
 static void bh_schedule_does_not_run_synchronously(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule(bh);
-    assert_int_equal(count, 0);
+    spindle_bh_schedule(f->bh);
+    assert_int_equal(f->count, 0);
 
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(count, 1);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    assert_true(harness_poll(f->ctx, false));
+    assert_int_equal(f->count, 1);
 }
 
 static void bh_schedule_on_pending_bh_coalesces(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule(bh);
-    spindle_bh_schedule(bh);
-    spindle_bh_schedule(bh);
-    harness_drain(ctx);
-    assert_int_equal(count, 1);
+    spindle_bh_schedule(f->bh);
+    spindle_bh_schedule(f->bh);
+    spindle_bh_schedule(f->bh);
+    harness_drain(f->ctx);
+    assert_int_equal(f->count, 1);
 
     /* Nothing is left scheduled. */
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(count, 1);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->count, 1);
 }
 
 static void bh_runs_once_per_schedule(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
     for (unsigned i = 1; i <= 5; i++) {
-        spindle_bh_schedule(bh);
-        harness_drain(ctx);
-        assert_int_equal(count, i);
+        spindle_bh_schedule(f->bh);
+        harness_drain(f->ctx);
+        assert_int_equal(f->count, i);
     }
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
 }
 
 /* A BH that schedules itself from its callback, up to a cap (so that a
@@ -158,58 +205,42 @@ static void self_resched_cb(void *opaque)
 
 static void bh_rescheduling_itself_runs_once_per_iteration(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    struct fixture *f = *state;
     struct self_resched s = { 0 };
-    s.bh = spindle_bh_new(ctx, self_resched_cb, &s);
+    s.bh = spindle_bh_new(f->ctx, self_resched_cb, &s);
     assert_non_null(s.bh);
 
     spindle_bh_schedule(s.bh);
     enum { N = 100 };
     for (unsigned i = 1; i <= N; i++) {
-        assert_true(harness_poll(ctx, false));
+        assert_true(harness_poll(f->ctx, false));
         assert_int_equal(s.count, i);
     }
     assert_int_equal(s.count, N);
 
     spindle_bh_delete(s.bh);
-    spindle_ctx_free(ctx);
 }
 
 static void bh_cancel_prevents_the_run(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule(bh);
-    spindle_bh_cancel(bh);
-    assert_false(harness_poll(ctx, false));
-    harness_drain(ctx);
-    assert_int_equal(count, 0);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    spindle_bh_schedule(f->bh);
+    spindle_bh_cancel(f->bh);
+    assert_false(harness_poll(f->ctx, false));
+    harness_drain(f->ctx);
+    assert_int_equal(f->count, 0);
 }
 
 static void bh_cancelled_bh_runs_when_scheduled_again(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule(bh);
-    spindle_bh_cancel(bh);
-    spindle_bh_schedule(bh);
-    harness_drain(ctx);
-    assert_int_equal(count, 1);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    spindle_bh_schedule(f->bh);
+    spindle_bh_cancel(f->bh);
+    spindle_bh_schedule(f->bh);
+    harness_drain(f->ctx);
+    assert_int_equal(f->count, 1);
 }
 
 /* ------------------------------------------------------------------------
@@ -218,19 +249,14 @@ static void bh_cancelled_bh_runs_when_scheduled_again(void **state)
 
 static void bh_delete_of_pending_bh_never_runs(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule(bh);
-    spindle_bh_delete(bh);
-    assert_false(harness_poll(ctx, false));
-    harness_drain(ctx);
-    assert_int_equal(count, 0);
-
-    spindle_ctx_free(ctx);
+    spindle_bh_schedule(f->bh);
+    spindle_bh_delete(f->bh);
+    f->bh = NULL;
+    assert_false(harness_poll(f->ctx, false));
+    harness_drain(f->ctx);
+    assert_int_equal(f->count, 0);
 }
 
 struct self_delete {
@@ -248,22 +274,19 @@ static void self_delete_cb(void *opaque)
 
 static void bh_delete_from_its_own_callback(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    struct fixture *f = *state;
     struct self_delete s = { 0 };
-    s.bh = spindle_bh_new(ctx, self_delete_cb, &s);
+    s.bh = spindle_bh_new(f->ctx, self_delete_cb, &s);
     assert_non_null(s.bh);
 
     spindle_bh_schedule(s.bh);
-    assert_true(harness_poll(ctx, false));
+    assert_true(harness_poll(f->ctx, false));
     assert_int_equal(s.count, 1);
     assert_null(s.bh);
 
     /* The deleted BH is gone: nothing runs any more. */
-    assert_false(harness_poll(ctx, false));
+    assert_false(harness_poll(f->ctx, false));
     assert_int_equal(s.count, 1);
-
-    spindle_ctx_free(ctx);
 }
 
 /* A's callback deletes B, which was scheduled right after A. */
@@ -289,24 +312,22 @@ static void delete_other_b_cb(void *opaque)
 
 static void bh_deleted_by_another_bh_callback_never_runs(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    struct fixture *f = *state;
     struct delete_other d = { 0 };
-    spindle_bh *a = spindle_bh_new(ctx, delete_other_a_cb, &d);
+    spindle_bh *a = spindle_bh_new(f->ctx, delete_other_a_cb, &d);
     assert_non_null(a);
-    d.victim = spindle_bh_new(ctx, delete_other_b_cb, &d);
+    d.victim = spindle_bh_new(f->ctx, delete_other_b_cb, &d);
     assert_non_null(d.victim);
 
     /* Both are in the same batch; A runs first (FIFO) and deletes B. */
     spindle_bh_schedule(a);
     spindle_bh_schedule(d.victim);
-    harness_drain(ctx);
+    harness_drain(f->ctx);
     assert_int_equal(d.a_count, 1);
     assert_int_equal(d.b_count, 0);
     assert_null(d.victim);
 
     spindle_bh_delete(a);
-    spindle_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -315,35 +336,22 @@ static void bh_deleted_by_another_bh_callback_never_runs(void **state)
 
 static void bh_scheduled_from_one_thread_run_in_fifo_order(void **state)
 {
-    (void)state;
+    struct fixture *f = *state;
     enum { N = 100 };
-    spindle_ctx *ctx = harness_ctx_new();
     struct order_log log = { .n = 0 };
     struct order_entry entries[N];
     spindle_bh *bhs[N];
     unsigned perm[N];
 
-    for (unsigned i = 0; i < N; i++) {
-        entries[i].log = &log;
-        entries[i].id = i;
-        bhs[i] = spindle_bh_new(ctx, order_cb, &entries[i]);
-        assert_non_null(bhs[i]);
-    }
+    order_bhs_new(f->ctx, &log, entries, bhs, N);
     shuffled_permutation(perm, N, 0x5eed);
     for (unsigned k = 0; k < N; k++) {
         spindle_bh_schedule(bhs[perm[k]]);
     }
-    harness_drain(ctx);
+    harness_drain(f->ctx);
 
-    assert_int_equal(log.n, N);
-    for (unsigned k = 0; k < N; k++) {
-        assert_int_equal(log.seq[k], perm[k]);
-    }
-
-    for (unsigned i = 0; i < N; i++) {
-        spindle_bh_delete(bhs[i]);
-    }
-    spindle_ctx_free(ctx);
+    assert_ran_in_order(&log, perm, N);
+    order_bhs_delete(bhs, N);
 }
 
 struct sched_thread_arg {
@@ -363,20 +371,14 @@ static void *schedule_in_order_thread(void *opaque)
 
 static void bh_scheduled_from_another_thread_run_in_fifo_order(void **state)
 {
-    (void)state;
+    struct fixture *f = *state;
     enum { N = 100 };
-    spindle_ctx *ctx = harness_ctx_new();
     struct order_log log = { .n = 0 };
     struct order_entry entries[N];
     spindle_bh *bhs[N];
     unsigned perm[N];
 
-    for (unsigned i = 0; i < N; i++) {
-        entries[i].log = &log;
-        entries[i].id = i;
-        bhs[i] = spindle_bh_new(ctx, order_cb, &entries[i]);
-        assert_non_null(bhs[i]);
-    }
+    order_bhs_new(f->ctx, &log, entries, bhs, N);
     shuffled_permutation(perm, N, 0xfeed);
 
     struct sched_thread_arg arg = { bhs, perm, N };
@@ -384,17 +386,10 @@ static void bh_scheduled_from_another_thread_run_in_fifo_order(void **state)
     assert_int_equal(pthread_create(&th, NULL, schedule_in_order_thread, &arg),
                      0);
     assert_int_equal(pthread_join(th, NULL), 0);
-    harness_drain(ctx);
+    harness_drain(f->ctx);
 
-    assert_int_equal(log.n, N);
-    for (unsigned k = 0; k < N; k++) {
-        assert_int_equal(log.seq[k], perm[k]);
-    }
-
-    for (unsigned i = 0; i < N; i++) {
-        spindle_bh_delete(bhs[i]);
-    }
-    spindle_ctx_free(ctx);
+    assert_ran_in_order(&log, perm, N);
+    order_bhs_delete(bhs, N);
 }
 
 /* ------------------------------------------------------------------------
@@ -409,23 +404,21 @@ static void *schedule_one_thread(void *opaque)
 
 static void bh_scheduled_from_another_thread_wakes_blocking_poll(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct flag_bh f = { 0 };
-    spindle_bh *bh = spindle_bh_new(ctx, flag_cb, &f);
+    struct fixture *f = *state;
+    struct flag_bh flag = { 0 };
+    spindle_bh *bh = spindle_bh_new(f->ctx, flag_cb, &flag);
     assert_non_null(bh);
 
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, schedule_one_thread, bh), 0);
     /* Blocks until the other thread's schedule wakes the loop (a lost
      * wake-up hangs here and the watchdog fails the test). */
-    harness_poll_until(ctx, &f.ran, 1000);
+    harness_poll_until(f->ctx, &flag.ran, 1000);
     assert_int_equal(pthread_join(th, NULL), 0);
-    harness_drain(ctx);
-    assert_int_equal(f.count, 1);
+    harness_drain(f->ctx);
+    assert_int_equal(flag.count, 1);
 
     spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -434,42 +427,35 @@ static void bh_scheduled_from_another_thread_wakes_blocking_poll(void **state)
 
 static void bh_oneshot_runs_once(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_bh_oneshot(ctx, harness_count_cb, &count), 0);
-    assert_int_equal(count, 0);
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(count, 1);
+    assert_int_equal(spindle_bh_oneshot(f->ctx, harness_count_cb, &f->count),
+                     0);
+    assert_int_equal(f->count, 0);
+    assert_true(harness_poll(f->ctx, false));
+    assert_int_equal(f->count, 1);
     /* It is gone (and freed: LeakSanitizer/valgrind check that). */
-    assert_false(harness_poll(ctx, false));
-    harness_drain(ctx);
-    assert_int_equal(count, 1);
-
-    spindle_ctx_free(ctx);
+    assert_false(harness_poll(f->ctx, false));
+    harness_drain(f->ctx);
+    assert_int_equal(f->count, 1);
 }
 
 static void bh_oneshots_run_in_fifo_order(void **state)
 {
-    (void)state;
+    struct fixture *f = *state;
     enum { N = 50 };
-    spindle_ctx *ctx = harness_ctx_new();
     struct order_log log = { .n = 0 };
     struct order_entry entries[N];
+    unsigned in_order[N];
 
     for (unsigned i = 0; i < N; i++) {
         entries[i].log = &log;
         entries[i].id = i;
-        assert_int_equal(spindle_bh_oneshot(ctx, order_cb, &entries[i]), 0);
+        in_order[i] = i;
+        assert_int_equal(spindle_bh_oneshot(f->ctx, order_cb, &entries[i]), 0);
     }
-    harness_drain(ctx);
-    assert_int_equal(log.n, N);
-    for (unsigned k = 0; k < N; k++) {
-        assert_int_equal(log.seq[k], k);
-    }
-
-    spindle_ctx_free(ctx);
+    harness_drain(f->ctx);
+    assert_ran_in_order(&log, in_order, N);
 }
 
 /* ------------------------------------------------------------------------
@@ -478,81 +464,59 @@ static void bh_oneshots_run_in_fifo_order(void **state)
 
 static void bh_idle_runs_without_counting_as_progress(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule_idle(bh);
-    assert_int_equal(count, 0);
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(count, 1);
+    spindle_bh_schedule_idle(f->bh);
+    assert_int_equal(f->count, 0);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->count, 1);
 
     /* It ran once and is no longer scheduled. */
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(count, 1);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->count, 1);
 }
 
 static void bh_idle_runs_in_blocking_poll(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    struct flag_bh f = { 0 };
-    spindle_bh *bh = spindle_bh_new(ctx, flag_cb, &f);
+    struct fixture *f = *state;
+    struct flag_bh flag = { 0 };
+    spindle_bh *bh = spindle_bh_new(f->ctx, flag_cb, &flag);
     assert_non_null(bh);
 
     /* The idle BH bounds the sleep, so blocking iterations get to it. */
     spindle_bh_schedule_idle(bh);
-    harness_poll_until(ctx, &f.ran, 100);
-    assert_int_equal(f.count, 1);
+    harness_poll_until(f->ctx, &flag.ran, 100);
+    assert_int_equal(flag.count, 1);
 
     spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
 }
 
 static void bh_idle_only_caps_compute_timeout_at_10ms(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule_idle(bh);
-    int64_t timeout = spindle_compute_timeout(ctx);
+    spindle_bh_schedule_idle(f->bh);
+    int64_t timeout = spindle_compute_timeout(f->ctx);
     assert_true(timeout > 0);
     assert_true(timeout <= INT64_C(10000000));
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
 }
 
 static void bh_idle_caps_compute_timeout_below_a_far_timer(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
-    spindle_timer *t = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC,
-                                         harness_count_cb, &count);
+    struct fixture *f = *state;
+    spindle_timer *t = spindle_timer_new(f->ctx, SPINDLE_CLOCK_MONOTONIC,
+                                         harness_count_cb, &f->count);
     assert_non_null(t);
 
     /* A timer an hour away, and an idle BH: the sleep is still bounded. */
     spindle_timer_mod(t, spindle_now_ns(SPINDLE_CLOCK_MONOTONIC) +
                              INT64_C(3600) * 1000000000);
-    spindle_bh_schedule_idle(bh);
-    int64_t timeout = spindle_compute_timeout(ctx);
+    spindle_bh_schedule_idle(f->bh);
+    int64_t timeout = spindle_compute_timeout(f->ctx);
     assert_true(timeout > 0);
     assert_true(timeout <= INT64_C(10000000));
 
     spindle_timer_free(t);
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -561,84 +525,50 @@ static void bh_idle_caps_compute_timeout_below_a_far_timer(void **state)
 
 static void compute_timeout_is_zero_with_a_bh_pending(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule(bh);
-    assert_int_equal(spindle_compute_timeout(ctx), 0);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    spindle_bh_schedule(f->bh);
+    assert_int_equal(spindle_compute_timeout(f->ctx), 0);
 }
 
 static void compute_timeout_is_zero_with_idle_and_normal_bh_pending(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *idle = spindle_bh_new(ctx, harness_count_cb, &count);
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
+    struct fixture *f = *state;
+    spindle_bh *idle = spindle_bh_new(f->ctx, harness_count_cb, &f->count);
     assert_non_null(idle);
-    assert_non_null(bh);
 
     spindle_bh_schedule_idle(idle);
-    spindle_bh_schedule(bh);
-    assert_int_equal(spindle_compute_timeout(ctx), 0);
+    spindle_bh_schedule(f->bh);
+    assert_int_equal(spindle_compute_timeout(f->ctx), 0);
 
-    spindle_bh_delete(bh);
     spindle_bh_delete(idle);
-    spindle_ctx_free(ctx);
 }
 
 static void compute_timeout_is_infinite_with_nothing_pending(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
     /* An unscheduled BH does not shorten the sleep. */
-    assert_int_equal(spindle_compute_timeout(ctx), -1);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    assert_int_equal(spindle_compute_timeout(f->ctx), -1);
 }
 
 static void compute_timeout_is_infinite_after_the_bh_ran(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule(bh);
-    harness_drain(ctx);
-    assert_int_equal(count, 1);
-    assert_int_equal(spindle_compute_timeout(ctx), -1);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    spindle_bh_schedule(f->bh);
+    harness_drain(f->ctx);
+    assert_int_equal(f->count, 1);
+    assert_int_equal(spindle_compute_timeout(f->ctx), -1);
 }
 
 static void compute_timeout_is_infinite_after_cancel(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
-    assert_non_null(bh);
+    struct fixture *f = *state;
 
-    spindle_bh_schedule(bh);
-    spindle_bh_cancel(bh);
-    assert_int_equal(spindle_compute_timeout(ctx), -1);
-
-    spindle_bh_delete(bh);
-    spindle_ctx_free(ctx);
+    spindle_bh_schedule(f->bh);
+    spindle_bh_cancel(f->bh);
+    assert_int_equal(spindle_compute_timeout(f->ctx), -1);
 }
 
 /* ------------------------------------------------------------------------
@@ -682,9 +612,9 @@ static void nested_sched_c_cb(void *opaque)
 
 static void bh_scheduled_from_nested_poll_callback_runs_once(void **state)
 {
-    (void)state;
+    struct fixture *f = *state;
     struct nested_sched n = { 0 };
-    n.ctx = harness_ctx_new();
+    n.ctx = f->ctx;
     n.a = spindle_bh_new(n.ctx, nested_sched_a_cb, &n);
     n.b = spindle_bh_new(n.ctx, nested_sched_b_cb, &n);
     n.c = spindle_bh_new(n.ctx, nested_sched_c_cb, &n);
@@ -704,7 +634,6 @@ static void bh_scheduled_from_nested_poll_callback_runs_once(void **state)
     spindle_bh_delete(n.a);
     spindle_bh_delete(n.b);
     spindle_bh_delete(n.c);
-    spindle_ctx_free(n.ctx);
 }
 
 /* A and B are scheduled (in that order) before the first iteration, so the
@@ -743,9 +672,9 @@ static void nested_wait_b_cb(void *opaque)
 
 static void bh_nested_poll_runs_bh_from_outer_batch(void **state)
 {
-    (void)state;
+    struct fixture *f = *state;
     struct nested_wait n = { 0 };
-    n.ctx = harness_ctx_new();
+    n.ctx = f->ctx;
     spindle_bh *a = spindle_bh_new(n.ctx, nested_wait_a_cb, &n);
     spindle_bh *b = spindle_bh_new(n.ctx, nested_wait_b_cb, &n);
     assert_non_null(a);
@@ -766,7 +695,6 @@ static void bh_nested_poll_runs_bh_from_outer_batch(void **state)
 
     spindle_bh_delete(a);
     spindle_bh_delete(b);
-    spindle_ctx_free(n.ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -775,8 +703,7 @@ static void bh_nested_poll_runs_bh_from_outer_batch(void **state)
 
 static void bh_null_handle_is_ignored(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
+    struct fixture *f = *state;
 
     spindle_bh_schedule(NULL);
     spindle_bh_schedule_idle(NULL);
@@ -784,22 +711,17 @@ static void bh_null_handle_is_ignored(void **state)
     spindle_bh_delete(NULL);
 
     /* The context is untouched. */
-    assert_int_equal(spindle_compute_timeout(ctx), -1);
-    assert_false(harness_poll(ctx, false));
-    spindle_ctx_free(ctx);
+    assert_int_equal(spindle_compute_timeout(f->ctx), -1);
+    assert_false(harness_poll(f->ctx, false));
 }
 
 static void bh_new_with_null_cb_fails_with_einval(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
+    struct fixture *f = *state;
 
     errno = 0;
-    assert_null(spindle_bh_new(ctx, NULL, &count));
+    assert_null(spindle_bh_new(f->ctx, NULL, &f->count));
     assert_int_equal(errno, EINVAL);
-
-    spindle_ctx_free(ctx);
 }
 
 static void bh_new_with_null_ctx_fails_with_einval(void **state)
@@ -814,16 +736,12 @@ static void bh_new_with_null_ctx_fails_with_einval(void **state)
 
 static void bh_oneshot_with_null_cb_returns_einval(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
+    struct fixture *f = *state;
 
-    assert_int_equal(spindle_bh_oneshot(ctx, NULL, &count), -EINVAL);
+    assert_int_equal(spindle_bh_oneshot(f->ctx, NULL, &f->count), -EINVAL);
     /* Nothing was scheduled. */
-    assert_int_equal(spindle_compute_timeout(ctx), -1);
-    assert_false(harness_poll(ctx, false));
-
-    spindle_ctx_free(ctx);
+    assert_int_equal(spindle_compute_timeout(f->ctx), -1);
+    assert_false(harness_poll(f->ctx, false));
 }
 
 static void bh_oneshot_with_null_ctx_returns_einval(void **state)
@@ -843,20 +761,20 @@ static void compute_timeout_with_null_ctx_returns_einval(void **state)
 }
 
 /* ------------------------------------------------------------------------
- * Context teardown
+ * Context teardown (these free the context themselves: that is the test)
  */
 
 static void ctx_free_with_scheduled_bhs_runs_none_and_leaks_nothing(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
+    struct fixture *f = *state;
+    spindle_ctx *ctx = f->ctx;
+    unsigned *count = &f->count;
 
-    spindle_bh *scheduled = spindle_bh_new(ctx, harness_count_cb, &count);
-    spindle_bh *idle = spindle_bh_new(ctx, harness_count_cb, &count);
-    spindle_bh *unscheduled = spindle_bh_new(ctx, harness_count_cb, &count);
-    spindle_bh *cancelled = spindle_bh_new(ctx, harness_count_cb, &count);
-    spindle_bh *deleted = spindle_bh_new(ctx, harness_count_cb, &count);
+    spindle_bh *scheduled = spindle_bh_new(ctx, harness_count_cb, count);
+    spindle_bh *idle = spindle_bh_new(ctx, harness_count_cb, count);
+    spindle_bh *unscheduled = spindle_bh_new(ctx, harness_count_cb, count);
+    spindle_bh *cancelled = spindle_bh_new(ctx, harness_count_cb, count);
+    spindle_bh *deleted = spindle_bh_new(ctx, harness_count_cb, count);
     assert_non_null(scheduled);
     assert_non_null(idle);
     assert_non_null(unscheduled);
@@ -870,68 +788,70 @@ static void ctx_free_with_scheduled_bhs_runs_none_and_leaks_nothing(void **state
     spindle_bh_schedule(deleted);
     spindle_bh_delete(deleted);
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(spindle_bh_oneshot(ctx, harness_count_cb, &count), 0);
+        assert_int_equal(spindle_bh_oneshot(ctx, harness_count_cb, count), 0);
     }
 
     /* LeakSanitizer / valgrind report anything left behind. */
     spindle_ctx_free(ctx);
-    assert_int_equal(count, 0);
+    f->ctx = NULL;
+    assert_int_equal(f->count, 0);
 }
 
 static void ctx_free_after_bhs_ran_leaks_nothing(void **state)
 {
-    (void)state;
-    spindle_ctx *ctx = harness_ctx_new();
-    unsigned count = 0;
+    struct fixture *f = *state;
 
-    spindle_bh *bh = spindle_bh_new(ctx, harness_count_cb, &count);
+    spindle_bh *bh = spindle_bh_new(f->ctx, harness_count_cb, &f->count);
     assert_non_null(bh);
     spindle_bh_schedule(bh);
-    assert_int_equal(spindle_bh_oneshot(ctx, harness_count_cb, &count), 0);
-    harness_drain(ctx);
-    assert_int_equal(count, 2);
+    assert_int_equal(spindle_bh_oneshot(f->ctx, harness_count_cb, &f->count),
+                     0);
+    harness_drain(f->ctx);
+    assert_int_equal(f->count, 2);
 
     /* bh is owned by the context and released with it. */
-    spindle_ctx_free(ctx);
-    assert_int_equal(count, 2);
+    spindle_ctx_free(f->ctx);
+    f->ctx = NULL;
+    assert_int_equal(f->count, 2);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TEST(bh_schedule_does_not_run_synchronously),
-        TEST(bh_schedule_on_pending_bh_coalesces),
-        TEST(bh_runs_once_per_schedule),
-        TEST(bh_rescheduling_itself_runs_once_per_iteration),
-        TEST(bh_cancel_prevents_the_run),
-        TEST(bh_cancelled_bh_runs_when_scheduled_again),
-        TEST(bh_delete_of_pending_bh_never_runs),
-        TEST(bh_delete_from_its_own_callback),
-        TEST(bh_deleted_by_another_bh_callback_never_runs),
-        TEST(bh_scheduled_from_one_thread_run_in_fifo_order),
-        TEST(bh_scheduled_from_another_thread_run_in_fifo_order),
-        TEST(bh_scheduled_from_another_thread_wakes_blocking_poll),
-        TEST(bh_oneshot_runs_once),
-        TEST(bh_oneshots_run_in_fifo_order),
-        TEST(bh_idle_runs_without_counting_as_progress),
-        TEST(bh_idle_runs_in_blocking_poll),
-        TEST(bh_idle_only_caps_compute_timeout_at_10ms),
-        TEST(bh_idle_caps_compute_timeout_below_a_far_timer),
-        TEST(compute_timeout_is_zero_with_a_bh_pending),
-        TEST(compute_timeout_is_zero_with_idle_and_normal_bh_pending),
-        TEST(compute_timeout_is_infinite_with_nothing_pending),
-        TEST(compute_timeout_is_infinite_after_the_bh_ran),
-        TEST(compute_timeout_is_infinite_after_cancel),
-        TEST(bh_scheduled_from_nested_poll_callback_runs_once),
-        TEST(bh_nested_poll_runs_bh_from_outer_batch),
-        TEST(bh_null_handle_is_ignored),
-        TEST(bh_new_with_null_cb_fails_with_einval),
+        WITH_COUNTING_BH(bh_schedule_does_not_run_synchronously),
+        WITH_COUNTING_BH(bh_schedule_on_pending_bh_coalesces),
+        WITH_COUNTING_BH(bh_runs_once_per_schedule),
+        WITH_CTX(bh_rescheduling_itself_runs_once_per_iteration),
+        WITH_COUNTING_BH(bh_cancel_prevents_the_run),
+        WITH_COUNTING_BH(bh_cancelled_bh_runs_when_scheduled_again),
+        WITH_COUNTING_BH(bh_delete_of_pending_bh_never_runs),
+        WITH_CTX(bh_delete_from_its_own_callback),
+        WITH_CTX(bh_deleted_by_another_bh_callback_never_runs),
+        WITH_CTX(bh_scheduled_from_one_thread_run_in_fifo_order),
+        WITH_CTX(bh_scheduled_from_another_thread_run_in_fifo_order),
+        WITH_CTX(bh_scheduled_from_another_thread_wakes_blocking_poll),
+        WITH_CTX(bh_oneshot_runs_once),
+        WITH_CTX(bh_oneshots_run_in_fifo_order),
+        WITH_COUNTING_BH(bh_idle_runs_without_counting_as_progress),
+        WITH_CTX(bh_idle_runs_in_blocking_poll),
+        WITH_COUNTING_BH(bh_idle_only_caps_compute_timeout_at_10ms),
+        WITH_COUNTING_BH(bh_idle_caps_compute_timeout_below_a_far_timer),
+        WITH_COUNTING_BH(compute_timeout_is_zero_with_a_bh_pending),
+        WITH_COUNTING_BH(
+            compute_timeout_is_zero_with_idle_and_normal_bh_pending),
+        WITH_COUNTING_BH(compute_timeout_is_infinite_with_nothing_pending),
+        WITH_COUNTING_BH(compute_timeout_is_infinite_after_the_bh_ran),
+        WITH_COUNTING_BH(compute_timeout_is_infinite_after_cancel),
+        WITH_CTX(bh_scheduled_from_nested_poll_callback_runs_once),
+        WITH_CTX(bh_nested_poll_runs_bh_from_outer_batch),
+        WITH_CTX(bh_null_handle_is_ignored),
+        WITH_CTX(bh_new_with_null_cb_fails_with_einval),
         TEST(bh_new_with_null_ctx_fails_with_einval),
-        TEST(bh_oneshot_with_null_cb_returns_einval),
+        WITH_CTX(bh_oneshot_with_null_cb_returns_einval),
         TEST(bh_oneshot_with_null_ctx_returns_einval),
         TEST(compute_timeout_with_null_ctx_returns_einval),
-        TEST(ctx_free_with_scheduled_bhs_runs_none_and_leaks_nothing),
-        TEST(ctx_free_after_bhs_ran_leaks_nothing),
+        WITH_CTX(ctx_free_with_scheduled_bhs_runs_none_and_leaks_nothing),
+        WITH_CTX(ctx_free_after_bhs_ran_leaks_nothing),
     };
     return RUN_TESTS(tests);
 }

@@ -143,141 +143,226 @@ static void remove_fd(spindle_ctx *ctx, int fd)
                                             NULL), 0);
 }
 
+/* Register a handler with no io_poll; the registration must succeed. */
+static void set_handler(spindle_ctx *ctx, int fd, bool external,
+                        spindle_io_fn *io_read, spindle_io_fn *io_write,
+                        handler *h)
+{
+    assert_int_equal(spindle_set_fd_handler(ctx, fd, external, io_read,
+                                            io_write, NULL, h), 0);
+}
+
+static int new_eventfd(void)
+{
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    assert_true(efd >= 0);
+    return efd;
+}
+
+/* Close an end before teardown does: -1 keeps teardown from closing the
+ * number again once something else may have it. */
+static void close_end(int *fd)
+{
+    close(*fd);
+    *fd = -1;
+}
+
+/* ------------------------------------------------------------------------
+ * Fixtures
+ *
+ * A fresh context and the fds a test watches: a pipe p with a handler h for
+ * its read end, a second pipe q, an eventfd. Teardown frees the context
+ * (NULL if the test made none), then closes what is still open (not -1).
+ */
+
+struct fixture {
+    spindle_ctx *ctx;
+    int p[2];
+    int q[2];
+    int efd;
+    handler h;
+};
+
+/* harness_ctx_new() rather than CTX_TEST's setup: in embedded runs it hands
+ * the context to the host before the test starts, as these tests expect.
+ * The context comes before the fds: it opens fds of its own, which must
+ * not take the number of an end a test closes. */
+static struct fixture *fixture_new(void **state, bool with_ctx)
+{
+    harness_watchdog_arm(state);
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    *state = f;
+    f->p[0] = f->p[1] = f->q[0] = f->q[1] = f->efd = -1;
+    if (with_ctx) {
+        f->ctx = harness_ctx_new();
+    }
+    f->h.ctx = f->ctx;
+    return f;
+}
+
+static int ctx_setup(void **state)
+{
+    fixture_new(state, true);
+    return 0;
+}
+
+static int pipe_setup(void **state)
+{
+    struct fixture *f = fixture_new(state, true);
+    harness_pipe(f->p);
+    f->h.fd = f->p[0];
+    return 0;
+}
+
+static int two_pipes_setup(void **state)
+{
+    pipe_setup(state);
+    struct fixture *f = *state;
+    harness_pipe(f->q);
+    return 0;
+}
+
+static int eventfd_setup(void **state)
+{
+    struct fixture *f = fixture_new(state, true);
+    f->efd = new_eventfd();
+    f->h.fd = f->efd;
+    return 0;
+}
+
+/* For the tests that need no context or make their own. */
+static int pipe_without_ctx_setup(void **state)
+{
+    struct fixture *f = fixture_new(state, false);
+    harness_pipe(f->p);
+    f->h.fd = f->p[0];
+    return 0;
+}
+
+static void close_if_open(int fd)
+{
+    if (fd >= 0) {
+        close(fd);
+    }
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    spindle_ctx_free(f->ctx);
+    close_if_open(f->p[0]);
+    close_if_open(f->p[1]);
+    close_if_open(f->q[0]);
+    close_if_open(f->q[1]);
+    close_if_open(f->efd);
+    free(f);
+    return harness_watchdog_disarm(state);
+}
+
+#define WITH(setup, fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define WITH_CTX(fn) WITH(ctx_setup, fn)
+#define WITH_PIPE(fn) WITH(pipe_setup, fn)
+#define WITH_TWO_PIPES(fn) WITH(two_pipes_setup, fn)
+#define WITH_EVENTFD(fn) WITH(eventfd_setup, fn)
+#define WITH_PIPE_WITHOUT_CTX(fn) WITH(pipe_without_ctx_setup, fn)
+
 /* ------------------------------------------------------------------------
  * Dispatch
  */
 
 static void io_read_runs_when_readable_with_its_opaque(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb, NULL,
-                                            NULL, &h), 0);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], false, read_cb, NULL, &f->h);
 
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(h.reads, 0);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->h.reads, 0);
 
-    write_byte(p[1]);
-    poll_until_count(ctx, &h.reads, 1, 10);
-    assert_ptr_equal(h.last_opaque, &h);
+    write_byte(f->p[1]);
+    poll_until_count(f->ctx, &f->h.reads, 1, 10);
+    assert_ptr_equal(f->h.last_opaque, &f->h);
 
     /* Consumed: nothing more to dispatch. */
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(h.reads, 1);
-
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->h.reads, 1);
 }
 
 static void io_read_runs_for_eventfd(void **state)
 {
-    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    assert_true(efd >= 0);
-    handler h = { .fd = efd };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, efd, false, eventfd_read_cb,
-                                            NULL, NULL, &h), 0);
-    assert_false(harness_poll(ctx, false));
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->efd, false, eventfd_read_cb, NULL, &f->h);
+    assert_false(harness_poll(f->ctx, false));
 
-    assert_int_equal(eventfd_write(efd, 3), 0);
-    poll_until_count(ctx, &h.reads, 1, 10);
-    assert_ptr_equal(h.last_opaque, &h);
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(h.reads, 1);
-
-    spindle_ctx_free(ctx);
-    close(efd);
+    assert_int_equal(eventfd_write(f->efd, 3), 0);
+    poll_until_count(f->ctx, &f->h.reads, 1, 10);
+    assert_ptr_equal(f->h.last_opaque, &f->h);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->h.reads, 1);
 }
 
 static void io_write_runs_when_writable_with_its_opaque(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[1] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[1], false, NULL,
-                                            count_write_cb, NULL, &h), 0);
+    struct fixture *f = *state;
+    f->h.fd = f->p[1];
+    set_handler(f->ctx, f->p[1], false, NULL, count_write_cb, &f->h);
 
     /* An empty pipe is writable at once: a non-blocking iteration sees it. */
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(h.writes, 1);
-    assert_ptr_equal(h.last_opaque, &h);
-
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    assert_true(harness_poll(f->ctx, false));
+    assert_int_equal(f->h.writes, 1);
+    assert_ptr_equal(f->h.last_opaque, &f->h);
 }
 
 static void io_write_does_not_run_while_pipe_is_full(void **state)
 {
-    int p[2];
-    harness_pipe(p);
+    struct fixture *f = *state;
     char buf[4096];
     memset(buf, 'x', sizeof(buf));
-    while (write(p[1], buf, sizeof(buf)) > 0) {
+    while (write(f->p[1], buf, sizeof(buf)) > 0) {
     }
     assert_int_equal(errno, EAGAIN);
-    while (write(p[1], buf, 1) > 0) {
+    while (write(f->p[1], buf, 1) > 0) {
     }
 
-    handler h = { .fd = p[1] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[1], false, NULL,
-                                            count_write_cb, NULL, &h), 0);
+    f->h.fd = f->p[1];
+    set_handler(f->ctx, f->p[1], false, NULL, count_write_cb, &f->h);
     for (int i = 0; i < 5; i++) {
-        assert_false(harness_poll(ctx, false));
+        assert_false(harness_poll(f->ctx, false));
     }
-    assert_int_equal(h.writes, 0);
+    assert_int_equal(f->h.writes, 0);
 
     /* Room again: io_write runs. */
-    drain_fd(p[0]);
-    poll_until_count(ctx, &h.writes, 1, 10);
-
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    drain_fd(f->p[0]);
+    poll_until_count(f->ctx, &f->h.writes, 1, 10);
 }
 
 static void io_read_runs_on_hangup(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb, NULL,
-                                            NULL, &h), 0);
-    assert_false(harness_poll(ctx, false));
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], false, read_cb, NULL, &f->h);
+    assert_false(harness_poll(f->ctx, false));
 
-    close(p[1]); /* no data: only the hang-up makes the read end ready */
-    poll_until_count(ctx, &h.hangups, 1, 10);
-    assert_ptr_equal(h.last_opaque, &h);
+    /* No data: only the hang-up makes the read end ready. */
+    close_end(&f->p[1]);
+    poll_until_count(f->ctx, &f->h.hangups, 1, 10);
+    assert_ptr_equal(f->h.last_opaque, &f->h);
 
-    remove_fd(ctx, p[0]);
-    spindle_ctx_free(ctx);
-    close(p[0]);
+    remove_fd(f->ctx, f->p[0]);
 }
 
 static void io_read_and_io_write_run_in_the_same_iteration(void **state)
 {
-    int sv[2];
+    struct fixture *f = *state;
+    /* A socketpair in the fixture's pipe slots: teardown closes it. */
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |
-                                SOCK_CLOEXEC, 0, sv), 0);
-    handler h = { .fd = sv[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, sv[0], false, read_cb,
-                                            count_write_cb, NULL, &h), 0);
-    write_byte(sv[1]); /* sv[0] is now readable, and writable all along */
+                                SOCK_CLOEXEC, 0, f->p), 0);
+    f->h.fd = f->p[0];
+    set_handler(f->ctx, f->p[0], false, read_cb, count_write_cb, &f->h);
+    write_byte(f->p[1]); /* p[0] is now readable, and writable all along */
 
-    assert_true(harness_poll(ctx, false));
-    assert_int_equal(h.reads, 1);
-    assert_int_equal(h.writes, 1);
-
-    spindle_ctx_free(ctx);
-    close(sv[0]);
-    close(sv[1]);
+    assert_true(harness_poll(f->ctx, false));
+    assert_int_equal(f->h.reads, 1);
+    assert_int_equal(f->h.writes, 1);
 }
 
 /* ------------------------------------------------------------------------
@@ -286,85 +371,60 @@ static void io_read_and_io_write_run_in_the_same_iteration(void **state)
 
 static void update_replaces_callbacks(void **state)
 {
-    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    assert_true(efd >= 0);
-    handler old = { .fd = efd };
-    handler cur = { .fd = efd };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, efd, false, eventfd_read_cb,
-                                            NULL, NULL, &old), 0);
-    assert_int_equal(eventfd_write(efd, 1), 0);
-    poll_until_count(ctx, &old.reads, 1, 10);
+    struct fixture *f = *state;
+    handler old = { .fd = f->efd };
+    handler cur = { .fd = f->efd };
+    set_handler(f->ctx, f->efd, false, eventfd_read_cb, NULL, &old);
+    assert_int_equal(eventfd_write(f->efd, 1), 0);
+    poll_until_count(f->ctx, &old.reads, 1, 10);
 
-    assert_int_equal(spindle_set_fd_handler(ctx, efd, false, read_cb2,
-                                            NULL, NULL, &cur), 0);
+    set_handler(f->ctx, f->efd, false, read_cb2, NULL, &cur);
 
     for (unsigned i = 1; i <= 3; i++) {
-        assert_int_equal(eventfd_write(efd, 1), 0);
-        poll_until_count(ctx, &cur.reads, i, 10);
+        assert_int_equal(eventfd_write(f->efd, 1), 0);
+        poll_until_count(f->ctx, &cur.reads, i, 10);
         assert_ptr_equal(cur.last_opaque, &cur);
     }
     assert_int_equal(cur.reads, 3);
     assert_int_equal(old.reads, 1);
-
-    spindle_ctx_free(ctx);
-    close(efd);
 }
 
 static void removal_stops_dispatch(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, count_read_cb,
-                                            NULL, NULL, &h), 0);
-    write_byte(p[1]);
-    poll_until_count(ctx, &h.reads, 1, 10);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], false, count_read_cb, NULL, &f->h);
+    write_byte(f->p[1]);
+    poll_until_count(f->ctx, &f->h.reads, 1, 10);
 
-    remove_fd(ctx, p[0]); /* the byte is still there, unread */
-    unsigned before = h.reads;
+    remove_fd(f->ctx, f->p[0]); /* the byte is still there, unread */
+    unsigned before = f->h.reads;
     for (int i = 0; i < 5; i++) {
-        assert_false(harness_poll(ctx, false));
+        assert_false(harness_poll(f->ctx, false));
     }
-    assert_int_equal(h.reads, before);
-
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    assert_int_equal(f->h.reads, before);
 }
 
 static void removing_unregistered_fd_returns_zero(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, NULL, NULL, NULL,
-                                            NULL), 0);
-    assert_false(harness_poll(ctx, false));
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    struct fixture *f = *state;
+    assert_int_equal(spindle_set_fd_handler(f->ctx, f->p[0], false, NULL, NULL,
+                                            NULL, NULL), 0);
+    assert_false(harness_poll(f->ctx, false));
 }
 
 static void removal_after_close_returns_zero(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb, NULL,
-                                            NULL, &h), 0);
-    const char *backend = spindle_backend_name(ctx);
-    close(p[0]);
-    close(p[1]);
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, NULL, NULL, NULL,
-                                            NULL), 0);
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(h.reads, 0);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], false, read_cb, NULL, &f->h);
+    const char *backend = spindle_backend_name(f->ctx);
+    close_end(&f->p[0]);
+    close_end(&f->p[1]);
+    assert_int_equal(spindle_set_fd_handler(f->ctx, f->h.fd, false, NULL, NULL,
+                                            NULL, NULL), 0);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->h.reads, 0);
     /* An ordinary removal, not a back-end failure (no fallback to poll). */
-    assert_string_equal(spindle_backend_name(ctx), backend);
-    spindle_ctx_free(ctx);
+    assert_string_equal(spindle_backend_name(f->ctx), backend);
 }
 
 /* ------------------------------------------------------------------------
@@ -373,57 +433,46 @@ static void removal_after_close_returns_zero(void **state)
 
 static void registering_negative_fd_returns_ebadf(void **state)
 {
+    struct fixture *f = *state;
     unsigned calls = 0;
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, -1, false, harness_count_cb,
-                                            NULL, NULL, &calls), -EBADF);
-    assert_int_equal(spindle_set_fd_handler(ctx, -42, false, NULL,
+    assert_int_equal(spindle_set_fd_handler(f->ctx, -1, false,
+                                            harness_count_cb, NULL, NULL,
+                                            &calls), -EBADF);
+    assert_int_equal(spindle_set_fd_handler(f->ctx, -42, false, NULL,
                                             harness_count_cb, NULL, &calls),
                      -EBADF);
-    assert_false(harness_poll(ctx, false));
-    spindle_ctx_free(ctx);
+    assert_false(harness_poll(f->ctx, false));
 }
 
 static void registering_closed_fd_returns_ebadf(void **state)
 {
-    int p[2];
-    spindle_ctx *ctx = harness_ctx_new(); /* first: it opens fds itself */
-    harness_pipe(p);
-    close(p[0]);
+    struct fixture *f = *state;
+    close_end(&f->p[0]);
     unsigned calls = 0;
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, harness_count_cb,
-                                            NULL, NULL, &calls), -EBADF);
-    assert_false(harness_poll(ctx, false));
+    assert_int_equal(spindle_set_fd_handler(f->ctx, f->h.fd, false,
+                                            harness_count_cb, NULL, NULL,
+                                            &calls), -EBADF);
+    assert_false(harness_poll(f->ctx, false));
     assert_int_equal(calls, 0);
-    spindle_ctx_free(ctx);
-    close(p[1]);
 }
 
 static void updating_closed_fd_returns_ebadf(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb, NULL,
-                                            NULL, &h), 0);
-    close(p[0]);
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb2, NULL,
-                                            NULL, &h), -EBADF);
-    remove_fd(ctx, p[0]);
-    spindle_ctx_free(ctx);
-    close(p[1]);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], false, read_cb, NULL, &f->h);
+    close_end(&f->p[0]);
+    assert_int_equal(spindle_set_fd_handler(f->ctx, f->h.fd, false, read_cb2,
+                                            NULL, NULL, &f->h), -EBADF);
+    remove_fd(f->ctx, f->h.fd);
 }
 
 static void set_fd_handler_null_ctx_returns_einval(void **state)
 {
-    int p[2];
-    harness_pipe(p);
+    struct fixture *f = *state;
     unsigned calls = 0;
-    assert_int_equal(spindle_set_fd_handler(NULL, p[0], false, harness_count_cb,
-                                            NULL, NULL, &calls), -EINVAL);
-    close(p[0]);
-    close(p[1]);
+    assert_int_equal(spindle_set_fd_handler(NULL, f->p[0], false,
+                                            harness_count_cb, NULL, NULL,
+                                            &calls), -EINVAL);
 }
 
 /* ------------------------------------------------------------------------
@@ -439,22 +488,14 @@ static void remove_self_cb(void *opaque)
 
 static void handler_removes_itself_from_its_callback(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    spindle_ctx *ctx = harness_ctx_new();
-    handler h = { .fd = p[0], .ctx = ctx };
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, remove_self_cb,
-                                            NULL, NULL, &h), 0);
-    write_byte(p[1]);
-    poll_until_count(ctx, &h.reads, 1, 10);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], false, remove_self_cb, NULL, &f->h);
+    write_byte(f->p[1]);
+    poll_until_count(f->ctx, &f->h.reads, 1, 10);
     for (int i = 0; i < 5; i++) {
-        assert_false(harness_poll(ctx, false));
+        assert_false(harness_poll(f->ctx, false));
     }
-    assert_int_equal(h.reads, 1);
-
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    assert_int_equal(f->h.reads, 1);
 }
 
 /* Consume own byte and remove the other handler. */
@@ -468,41 +509,30 @@ static void remove_other_cb(void *opaque)
 
 static void handler_removes_other_ready_handler_in_same_iteration(void **state)
 {
-    int a[2], b[2];
-    harness_pipe(a);
-    harness_pipe(b);
-    spindle_ctx *ctx = harness_ctx_new();
-    handler ha = { .fd = a[0], .ctx = ctx };
-    handler hb = { .fd = b[0], .ctx = ctx };
+    struct fixture *f = *state;
+    handler ha = { .fd = f->p[0], .ctx = f->ctx };
+    handler hb = { .fd = f->q[0], .ctx = f->ctx };
     ha.other = &hb;
     hb.other = &ha;
-    assert_int_equal(spindle_set_fd_handler(ctx, a[0], false, remove_other_cb,
-                                            NULL, NULL, &ha), 0);
-    assert_int_equal(spindle_set_fd_handler(ctx, b[0], false, remove_other_cb,
-                                            NULL, NULL, &hb), 0);
-    write_byte(a[1]);
-    write_byte(b[1]);
+    set_handler(f->ctx, f->p[0], false, remove_other_cb, NULL, &ha);
+    set_handler(f->ctx, f->q[0], false, remove_other_cb, NULL, &hb);
+    write_byte(f->p[1]);
+    write_byte(f->q[1]);
 
     /* Both are ready in this one iteration; whichever runs first removes
      * the other, which then must not run. */
-    assert_true(harness_poll(ctx, false));
+    assert_true(harness_poll(f->ctx, false));
     assert_int_equal(ha.reads + hb.reads, 1);
 
     /* The loser stays removed: its byte and a new one are never seen. */
     handler *loser = ha.reads ? &hb : &ha;
-    int loser_w = ha.reads ? b[1] : a[1];
+    int loser_w = ha.reads ? f->q[1] : f->p[1];
     write_byte(loser_w);
     for (int i = 0; i < 5; i++) {
-        assert_false(harness_poll(ctx, false));
+        assert_false(harness_poll(f->ctx, false));
     }
     assert_int_equal(loser->reads, 0);
     assert_int_equal(ha.reads + hb.reads, 1);
-
-    spindle_ctx_free(ctx);
-    close(a[0]);
-    close(a[1]);
-    close(b[0]);
-    close(b[1]);
 }
 
 static void remove_and_reregister_self_cb(void *opaque)
@@ -520,25 +550,17 @@ static void remove_and_reregister_self_cb(void *opaque)
 
 static void handler_removes_itself_then_reregisters(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    spindle_ctx *ctx = harness_ctx_new();
-    handler h = { .fd = p[0], .ctx = ctx };
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false,
-                                            remove_and_reregister_self_cb,
-                                            NULL, NULL, &h), 0);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], false, remove_and_reregister_self_cb, NULL,
+                &f->h);
     /* Every byte written is dispatched exactly once, before and after the
      * handler replaced itself. */
     for (unsigned i = 1; i <= 3; i++) {
-        write_byte(p[1]);
-        poll_until_count(ctx, &h.reads, i, 10);
-        assert_false(harness_poll(ctx, false));
-        assert_int_equal(h.reads, i);
+        write_byte(f->p[1]);
+        poll_until_count(f->ctx, &f->h.reads, i, 10);
+        assert_false(harness_poll(f->ctx, false));
+        assert_int_equal(f->h.reads, i);
     }
-
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
 }
 
 /* ------------------------------------------------------------------------
@@ -562,19 +584,17 @@ static void ensure_fd_limit(rlim_t needed)
 
 static void many_pipes_dispatch_exactly_the_ready_ones_across_auto_switch(void **state)
 {
+    struct fixture *f = *state;
     static int pipes[MANY][2];
     static handler hs[MANY];
     ensure_fd_limit(2 * MANY + 64);
 
-    spindle_ctx *ctx = harness_ctx_new();
-    const char *initial = spindle_backend_name(ctx);
+    const char *initial = spindle_backend_name(f->ctx);
     for (int i = 0; i < MANY; i++) {
         harness_pipe(pipes[i]);
         hs[i] = (handler){ .fd = pipes[i][0] };
-        assert_int_equal(spindle_set_fd_handler(ctx, pipes[i][0], false,
-                                                read_cb, NULL, NULL, &hs[i]),
-                         0);
-        const char *name = spindle_backend_name(ctx);
+        set_handler(f->ctx, pipes[i][0], false, read_cb, NULL, &hs[i]);
+        const char *name = spindle_backend_name(f->ctx);
         if (strcmp(initial, "io_uring") == 0) {
             /* A ring from creation on (AUTO or asked): it never switches. */
             assert_string_equal(name, "io_uring");
@@ -593,7 +613,7 @@ static void many_pipes_dispatch_exactly_the_ready_ones_across_auto_switch(void *
         }
     }
 
-    assert_false(harness_poll(ctx, false));
+    assert_false(harness_poll(f->ctx, false));
 
     unsigned expected = 0;
     for (int i = 0; i < MANY; i += 3) {
@@ -603,13 +623,13 @@ static void many_pipes_dispatch_exactly_the_ready_ones_across_auto_switch(void *
     unsigned total = 0;
     for (unsigned it = 0; total < expected; it++) {
         assert_true(it < 100);
-        harness_poll(ctx, true);
+        harness_poll(f->ctx, true);
         total = 0;
         for (int i = 0; i < MANY; i++) {
             total += hs[i].reads;
         }
     }
-    harness_drain(ctx);
+    harness_drain(f->ctx);
     for (int i = 0; i < MANY; i++) {
         assert_int_equal(hs[i].reads, i % 3 == 0 ? 1 : 0);
         if (hs[i].reads) {
@@ -617,7 +637,10 @@ static void many_pipes_dispatch_exactly_the_ready_ones_across_auto_switch(void *
         }
     }
 
-    spindle_ctx_free(ctx);
+    /* The context goes before the pipes it still watches; teardown would
+     * free it only after these closes. */
+    spindle_ctx_free(f->ctx);
+    f->ctx = NULL;
     for (int i = 0; i < MANY; i++) {
         close(pipes[i][0]);
         close(pipes[i][1]);
@@ -630,98 +653,65 @@ static void many_pipes_dispatch_exactly_the_ready_ones_across_auto_switch(void *
 
 static void external_handler_not_dispatched_while_disabled(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], true, read_cb, NULL,
-                                            NULL, &h), 0);
-    spindle_disable_external(ctx);
-    write_byte(p[1]);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], true, read_cb, NULL, &f->h);
+    spindle_disable_external(f->ctx);
+    write_byte(f->p[1]);
     for (int i = 0; i < 10; i++) {
-        harness_poll(ctx, false);
+        harness_poll(f->ctx, false);
     }
-    assert_int_equal(h.reads, 0);
+    assert_int_equal(f->h.reads, 0);
 
-    spindle_enable_external(ctx);
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    spindle_enable_external(f->ctx);
 }
 
 static void external_event_delivered_after_enable(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], true, read_cb, NULL,
-                                            NULL, &h), 0);
-    spindle_disable_external(ctx);
-    write_byte(p[1]);
-    harness_drain(ctx);
-    assert_int_equal(h.reads, 0);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], true, read_cb, NULL, &f->h);
+    spindle_disable_external(f->ctx);
+    write_byte(f->p[1]);
+    harness_drain(f->ctx);
+    assert_int_equal(f->h.reads, 0);
 
-    spindle_enable_external(ctx);
-    poll_until_count(ctx, &h.reads, 1, 10);
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(h.reads, 1);
-
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    spindle_enable_external(f->ctx);
+    poll_until_count(f->ctx, &f->h.reads, 1, 10);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(f->h.reads, 1);
 }
 
 static void disable_external_nests(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], true, read_cb, NULL,
-                                            NULL, &h), 0);
-    spindle_disable_external(ctx);
-    spindle_disable_external(ctx);
-    write_byte(p[1]);
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], true, read_cb, NULL, &f->h);
+    spindle_disable_external(f->ctx);
+    spindle_disable_external(f->ctx);
+    write_byte(f->p[1]);
 
-    spindle_enable_external(ctx); /* still disabled once */
+    spindle_enable_external(f->ctx); /* still disabled once */
     for (int i = 0; i < 10; i++) {
-        harness_poll(ctx, false);
+        harness_poll(f->ctx, false);
     }
-    assert_int_equal(h.reads, 0);
+    assert_int_equal(f->h.reads, 0);
 
-    spindle_enable_external(ctx);
-    poll_until_count(ctx, &h.reads, 1, 10);
-
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
+    spindle_enable_external(f->ctx);
+    poll_until_count(f->ctx, &f->h.reads, 1, 10);
 }
 
 static void internal_handler_dispatched_while_external_disabled(void **state)
 {
-    int e[2], i2[2];
-    harness_pipe(e);
-    harness_pipe(i2);
-    handler ext = { .fd = e[0] };
-    handler in = { .fd = i2[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, e[0], true, read_cb, NULL,
-                                            NULL, &ext), 0);
-    assert_int_equal(spindle_set_fd_handler(ctx, i2[0], false, read_cb, NULL,
-                                            NULL, &in), 0);
-    spindle_disable_external(ctx);
-    write_byte(e[1]);
-    write_byte(i2[1]);
-    poll_until_count(ctx, &in.reads, 1, 10);
+    struct fixture *f = *state;
+    handler ext = { .fd = f->p[0] };
+    handler in = { .fd = f->q[0] };
+    set_handler(f->ctx, f->p[0], true, read_cb, NULL, &ext);
+    set_handler(f->ctx, f->q[0], false, read_cb, NULL, &in);
+    spindle_disable_external(f->ctx);
+    write_byte(f->p[1]);
+    write_byte(f->q[1]);
+    poll_until_count(f->ctx, &in.reads, 1, 10);
     assert_int_equal(ext.reads, 0);
 
-    spindle_enable_external(ctx);
-    spindle_ctx_free(ctx);
-    close(e[0]);
-    close(e[1]);
-    close(i2[0]);
-    close(i2[1]);
+    spindle_enable_external(f->ctx);
 }
 
 static bool poll_false_cb(void *opaque)
@@ -735,30 +725,22 @@ static void loop_does_not_spin_while_external_disabled(void **state)
     /* Two readable external handlers, with and without io_poll; the loop
      * must really sleep until the timer rather than wake for them over and
      * over. */
-    int p[2];
-    harness_pipe(p);
-    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    assert_true(efd >= 0);
-    handler hp = { .fd = p[0] };
-    handler he = { .fd = efd };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], true, read_cb, NULL,
-                                            NULL, &hp), 0);
-    assert_int_equal(spindle_set_fd_handler(ctx, efd, true, eventfd_read_cb,
-                                            NULL, poll_false_cb, &he), 0);
-    spindle_disable_external(ctx);
-    write_byte(p[1]);
-    assert_int_equal(eventfd_write(efd, 1), 0);
+    struct fixture *f = *state;
+    f->efd = new_eventfd();
+    handler he = { .fd = f->efd };
+    set_handler(f->ctx, f->p[0], true, read_cb, NULL, &f->h);
+    assert_int_equal(spindle_set_fd_handler(f->ctx, f->efd, true,
+                                            eventfd_read_cb, NULL,
+                                            poll_false_cb, &he), 0);
+    spindle_disable_external(f->ctx);
+    write_byte(f->p[1]);
+    assert_int_equal(eventfd_write(f->efd, 1), 0);
 
-    harness_poll_until_timer(ctx, 20 * MS, 10);
-    assert_int_equal(hp.reads, 0);
+    harness_poll_until_timer(f->ctx, 20 * MS, 10);
+    assert_int_equal(f->h.reads, 0);
     assert_int_equal(he.reads, 0);
 
-    spindle_enable_external(ctx);
-    spindle_ctx_free(ctx);
-    close(p[0]);
-    close(p[1]);
-    close(efd);
+    spindle_enable_external(f->ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -767,89 +749,70 @@ static void loop_does_not_spin_while_external_disabled(void **state)
 
 static void closed_registered_fd_does_not_make_loop_spin(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb, NULL,
-                                            NULL, &h), 0);
-    assert_false(harness_poll(ctx, false));
-    close(p[0]); /* without removing it */
+    struct fixture *f = *state;
+    set_handler(f->ctx, f->p[0], false, read_cb, NULL, &f->h);
+    assert_false(harness_poll(f->ctx, false));
+    close_end(&f->p[0]); /* without removing it */
 
-    harness_poll_until_timer(ctx, 20 * MS, 10);
-    assert_int_equal(h.reads, 0);
+    harness_poll_until_timer(f->ctx, 20 * MS, 10);
+    assert_int_equal(f->h.reads, 0);
 
-    remove_fd(ctx, p[0]);
-    spindle_ctx_free(ctx);
-    close(p[1]);
+    remove_fd(f->ctx, f->h.fd);
 }
 
 static void closed_registered_fd_is_counted_stale_on_poll_backend(void **state)
 {
+    struct fixture *f = *state;
     if (harness_embedded()) {
         skip(); /* embedding moves a context from poll to epoll */
     }
-    int p[2];
-    harness_pipe(p);
-    handler h = { .fd = p[0] };
     spindle_options o = { SPINDLE_BACKEND_POLL, -1, 0, 0, SPINDLE_URING_AUTO };
-    spindle_ctx *ctx = spindle_ctx_new_opts(&o);
-    assert_non_null(ctx);
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb, NULL,
-                                            NULL, &h), 0);
-    assert_false(harness_poll(ctx, false));
-    assert_int_equal(stats_of(ctx).stale_fds, 0);
-    close(p[0]);
-    close(p[1]);
+    f->ctx = spindle_ctx_new_opts(&o);
+    assert_non_null(f->ctx);
+    set_handler(f->ctx, f->p[0], false, read_cb, NULL, &f->h);
+    assert_false(harness_poll(f->ctx, false));
+    assert_int_equal(stats_of(f->ctx).stale_fds, 0);
+    close_end(&f->p[0]);
+    close_end(&f->p[1]);
 
     /* Found closed once, disarmed, so counted once however many
      * iterations follow. (epoll drops a closed fd by itself and never sees
      * it, hence the explicit poll back-end.) */
     for (int i = 0; i < 5; i++) {
-        assert_false(harness_poll(ctx, false));
+        assert_false(harness_poll(f->ctx, false));
     }
-    assert_int_equal(h.reads, 0);
-    assert_int_equal(stats_of(ctx).stale_fds, 1);
+    assert_int_equal(f->h.reads, 0);
+    assert_int_equal(stats_of(f->ctx).stale_fds, 1);
 
-    remove_fd(ctx, p[0]);
-    spindle_ctx_free(ctx);
+    remove_fd(f->ctx, f->h.fd);
 }
 
 static void registering_reused_fd_number_after_close_works(void **state)
 {
-    int p[2];
-    harness_pipe(p);
-    handler old = { .fd = p[0] };
-    spindle_ctx *ctx = harness_ctx_new();
-    assert_int_equal(spindle_set_fd_handler(ctx, p[0], false, read_cb, NULL,
-                                            NULL, &old), 0);
-    const char *backend = spindle_backend_name(ctx);
-    int number = p[0];
-    close(p[0]);
-    close(p[1]);
-    assert_false(harness_poll(ctx, false));
+    struct fixture *f = *state;
+    handler old = { .fd = f->p[0] };
+    set_handler(f->ctx, f->p[0], false, read_cb, NULL, &old);
+    const char *backend = spindle_backend_name(f->ctx);
+    int number = f->p[0];
+    close_end(&f->p[0]);
+    close_end(&f->p[1]);
+    assert_false(harness_poll(f->ctx, false));
 
     /* A new pipe whose read end has the old number. */
-    int q[2];
-    harness_pipe(q);
-    if (q[0] != number) {
-        assert_int_equal(dup3(q[0], number, O_CLOEXEC), number);
-        close(q[0]);
-        q[0] = number;
+    harness_pipe(f->q);
+    if (f->q[0] != number) {
+        assert_int_equal(dup3(f->q[0], number, O_CLOEXEC), number);
+        close(f->q[0]);
+        f->q[0] = number;
     }
-    handler cur = { .fd = q[0] };
-    assert_int_equal(spindle_set_fd_handler(ctx, q[0], false, read_cb2, NULL,
-                                            NULL, &cur), 0);
-    write_byte(q[1]);
-    poll_until_count(ctx, &cur.reads, 1, 10);
+    handler cur = { .fd = f->q[0] };
+    set_handler(f->ctx, f->q[0], false, read_cb2, NULL, &cur);
+    write_byte(f->q[1]);
+    poll_until_count(f->ctx, &cur.reads, 1, 10);
     assert_ptr_equal(cur.last_opaque, &cur);
     assert_int_equal(old.reads, 0);
     /* Handled as usual, not as a back-end failure (no fallback to poll). */
-    assert_string_equal(spindle_backend_name(ctx), backend);
-
-    spindle_ctx_free(ctx);
-    close(q[0]);
-    close(q[1]);
+    assert_string_equal(spindle_backend_name(f->ctx), backend);
 }
 
 /* ------------------------------------------------------------------------
@@ -884,65 +847,55 @@ static void nest_inner_cb(void *opaque)
 
 static void nested_poll_from_fd_callback_dispatches_other_handler(void **state)
 {
-    int a[2], b[2];
-    harness_pipe(a);
-    harness_pipe(b);
-    spindle_ctx *ctx = harness_ctx_new();
-    handler outer = { .fd = a[0], .wfd = b[1], .ctx = ctx };
-    handler inner = { .fd = b[0], .ctx = ctx };
+    struct fixture *f = *state;
+    handler outer = { .fd = f->p[0], .wfd = f->q[1], .ctx = f->ctx };
+    handler inner = { .fd = f->q[0], .ctx = f->ctx };
     outer.other = &inner;
     inner.other = &outer;
-    assert_int_equal(spindle_set_fd_handler(ctx, a[0], false, nest_outer_cb,
-                                            NULL, NULL, &outer), 0);
-    assert_int_equal(spindle_set_fd_handler(ctx, b[0], false, nest_inner_cb,
-                                            NULL, NULL, &inner), 0);
-    write_byte(a[1]);
-    poll_until_count(ctx, &outer.reads, 1, 10);
+    set_handler(f->ctx, f->p[0], false, nest_outer_cb, NULL, &outer);
+    set_handler(f->ctx, f->q[0], false, nest_inner_cb, NULL, &inner);
+    write_byte(f->p[1]);
+    poll_until_count(f->ctx, &outer.reads, 1, 10);
 
     assert_int_equal(inner.reads, 1);
     assert_true(inner.inside);          /* it ran inside the outer callback */
     assert_true(outer.nested_progress); /* and the nested call said so */
-    assert_false(harness_poll(ctx, false));
+    assert_false(harness_poll(f->ctx, false));
     assert_int_equal(outer.reads, 1);
     assert_int_equal(inner.reads, 1);
-
-    spindle_ctx_free(ctx);
-    close(a[0]);
-    close(a[1]);
-    close(b[0]);
-    close(b[1]);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TEST(io_read_runs_when_readable_with_its_opaque),
-        TEST(io_read_runs_for_eventfd),
-        TEST(io_write_runs_when_writable_with_its_opaque),
-        TEST(io_write_does_not_run_while_pipe_is_full),
-        TEST(io_read_runs_on_hangup),
-        TEST(io_read_and_io_write_run_in_the_same_iteration),
-        TEST(update_replaces_callbacks),
-        TEST(removal_stops_dispatch),
-        TEST(removing_unregistered_fd_returns_zero),
-        TEST(removal_after_close_returns_zero),
-        TEST(registering_negative_fd_returns_ebadf),
-        TEST(registering_closed_fd_returns_ebadf),
-        TEST(updating_closed_fd_returns_ebadf),
-        TEST(set_fd_handler_null_ctx_returns_einval),
-        TEST(handler_removes_itself_from_its_callback),
-        TEST(handler_removes_other_ready_handler_in_same_iteration),
-        TEST(handler_removes_itself_then_reregisters),
-        TEST(many_pipes_dispatch_exactly_the_ready_ones_across_auto_switch),
-        TEST(external_handler_not_dispatched_while_disabled),
-        TEST(external_event_delivered_after_enable),
-        TEST(disable_external_nests),
-        TEST(internal_handler_dispatched_while_external_disabled),
-        TEST(loop_does_not_spin_while_external_disabled),
-        TEST(closed_registered_fd_does_not_make_loop_spin),
-        TEST(closed_registered_fd_is_counted_stale_on_poll_backend),
-        TEST(registering_reused_fd_number_after_close_works),
-        TEST(nested_poll_from_fd_callback_dispatches_other_handler),
+        WITH_PIPE(io_read_runs_when_readable_with_its_opaque),
+        WITH_EVENTFD(io_read_runs_for_eventfd),
+        WITH_PIPE(io_write_runs_when_writable_with_its_opaque),
+        WITH_PIPE(io_write_does_not_run_while_pipe_is_full),
+        WITH_PIPE(io_read_runs_on_hangup),
+        WITH_CTX(io_read_and_io_write_run_in_the_same_iteration),
+        WITH_EVENTFD(update_replaces_callbacks),
+        WITH_PIPE(removal_stops_dispatch),
+        WITH_PIPE(removing_unregistered_fd_returns_zero),
+        WITH_PIPE(removal_after_close_returns_zero),
+        WITH_CTX(registering_negative_fd_returns_ebadf),
+        WITH_PIPE(registering_closed_fd_returns_ebadf),
+        WITH_PIPE(updating_closed_fd_returns_ebadf),
+        WITH_PIPE_WITHOUT_CTX(set_fd_handler_null_ctx_returns_einval),
+        WITH_PIPE(handler_removes_itself_from_its_callback),
+        WITH_TWO_PIPES(handler_removes_other_ready_handler_in_same_iteration),
+        WITH_PIPE(handler_removes_itself_then_reregisters),
+        WITH_CTX(many_pipes_dispatch_exactly_the_ready_ones_across_auto_switch),
+        WITH_PIPE(external_handler_not_dispatched_while_disabled),
+        WITH_PIPE(external_event_delivered_after_enable),
+        WITH_PIPE(disable_external_nests),
+        WITH_TWO_PIPES(internal_handler_dispatched_while_external_disabled),
+        WITH_PIPE(loop_does_not_spin_while_external_disabled),
+        WITH_PIPE(closed_registered_fd_does_not_make_loop_spin),
+        WITH_PIPE_WITHOUT_CTX(
+            closed_registered_fd_is_counted_stale_on_poll_backend),
+        WITH_PIPE(registering_reused_fd_number_after_close_works),
+        WITH_TWO_PIPES(nested_poll_from_fd_callback_dispatches_other_handler),
     };
     return RUN_TESTS(tests);
 }
