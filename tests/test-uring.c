@@ -379,9 +379,33 @@ static void *ping(void *opaque)
     return NULL;
 }
 
-/* Serves EVENTS pings from another thread while busy polling (a window
- * that never runs out while the other thread answers): the loop's system
- * calls and poll hits after a warm-up. */
+/* Serves n pings from another thread on ctx, with blocking iterations;
+ * *warm gets the context's stats once `warmup` of them were served. */
+static void serve_pings(spindle_ctx *ctx, int fds[2], unsigned n,
+                        unsigned warmup, spindle_stats *warm)
+{
+    reader r = { .fd = fds[0] };
+    assert_int_equal(spindle_set_fd_handler(ctx, fds[0], false, read_one,
+                                            NULL, NULL, &r), 0);
+    pinger p = { .fd = fds[1], .r = &r, .n = n };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, ping, &p), 0);
+    *warm = stats_of(ctx);
+    while (r.calls < n) {
+        if (r.calls == warmup) {
+            *warm = stats_of(ctx);
+        }
+        spindle_poll(ctx, true);
+    }
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(r.calls, n);
+    assert_int_equal(spindle_set_fd_handler(ctx, fds[0], false, NULL, NULL,
+                                            NULL, NULL), 0);
+}
+
+/* Serves pings while busy polling (a window that never runs out while the
+ * other thread answers): the loop's system calls and poll hits after a
+ * warm-up. */
 typedef struct polled_pings {
     uint64_t calls, hits;
 } polled_pings;
@@ -392,30 +416,15 @@ static polled_pings serve_polled_pings(spindle_ctx *ctx, int fds[2],
                                        const char *ring)
 {
     assert_int_equal(spindle_set_poll_params(ctx, 1000 * MS, 2, 0), 0);
-    reader r = { .fd = fds[0] };
-    assert_int_equal(spindle_set_fd_handler(ctx, fds[0], false, read_one,
-                                            NULL, NULL, &r), 0);
-    pinger p = { .fd = fds[1], .r = &r, .n = PING_EVENTS };
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, ping, &p), 0);
-    spindle_stats s0 = stats_of(ctx);
-    while (r.calls < PING_EVENTS) {
-        if (r.calls == PING_WARMUP) {
-            s0 = stats_of(ctx);
-        }
-        spindle_poll(ctx, true);
-    }
+    spindle_stats s0;
+    serve_pings(ctx, fds, PING_EVENTS, PING_WARMUP, &s0);
     spindle_stats s1 = stats_of(ctx);
-    assert_int_equal(pthread_join(t, NULL), 0);
-    assert_int_equal(r.calls, PING_EVENTS);
-    assert_int_equal(spindle_set_fd_handler(ctx, fds[0], false, NULL, NULL,
-                                            NULL, NULL), 0);
     polled_pings out = { s1.monitor_syscalls - s0.monitor_syscalls,
                          s1.poll_hits - s0.poll_hits };
     print_message("%s ring, busy polling: %llu loop system calls for %d fd "
                   "events (%.3f per event), %llu poll hits\n",
-                  ring,
-                  (unsigned long long)out.calls, PING_EVENTS - PING_WARMUP,
+                  ring, (unsigned long long)out.calls,
+                  PING_EVENTS - PING_WARMUP,
                   (double)out.calls / (PING_EVENTS - PING_WARMUP),
                   (unsigned long long)out.hits);
     return out;
@@ -463,24 +472,6 @@ static void cooperative_context_busy_polls_at_a_system_call_per_batch(void **sta
     spindle_ctx_free(ctx);
 }
 
-/* Serves p->n pings from another thread on ctx, with blocking iterations. */
-static void serve_pings(spindle_ctx *ctx, int fds[2], unsigned n)
-{
-    reader r = { .fd = fds[0] };
-    assert_int_equal(spindle_set_fd_handler(ctx, fds[0], false, read_one,
-                                            NULL, NULL, &r), 0);
-    pinger p = { .fd = fds[1], .r = &r, .n = n };
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, ping, &p), 0);
-    while (r.calls < n) {
-        spindle_poll(ctx, true);
-    }
-    assert_int_equal(pthread_join(t, NULL), 0);
-    assert_int_equal(r.calls, n);
-    assert_int_equal(spindle_set_fd_handler(ctx, fds[0], false, NULL, NULL,
-                                            NULL, NULL), 0);
-}
-
 /* A context made with busy polling off runs a cooperative ring: the kernel
  * does not interrupt the loop thread for each event, the work runs at the
  * loop's next system call (fdmon-io_uring.c). A sleeping loop is still
@@ -499,14 +490,14 @@ static void context_without_busy_polling_runs_a_cooperative_ring(void **state)
     assert_non_null(ctx);
     assert_true(spindle_has_io_uring(ctx));
 
-    spindle_stats s0 = stats_of(ctx);
-    serve_pings(ctx, f->pipe, EVENTS);
-    spindle_stats s1 = stats_of(ctx);
+    spindle_stats s0, s1;
+    serve_pings(ctx, f->pipe, EVENTS, 0, &s0);
+    s1 = stats_of(ctx);
     assert_true(s1.blocking_waits > s0.blocking_waits);
     assert_int_equal(s1.poll_hits, 0);
 
     assert_int_equal(spindle_set_poll_params(ctx, 1000 * MS, 2, 0), 0);
-    serve_pings(ctx, f->pipe, EVENTS);
+    serve_pings(ctx, f->pipe, EVENTS, 0, &s1);
     spindle_stats s2 = stats_of(ctx);
     print_message("cooperative ring: %llu loop system calls for %d events "
                   "asleep, %llu for %d busy-polled (%llu poll hits)\n",
