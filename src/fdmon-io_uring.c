@@ -712,7 +712,11 @@ static bool ring_need_wait(spindle_ctx *ctx)
  * after the iteration that ran them: then it ends, as after an event, and
  * the dispatch step re-checks them, so that a handler that left data
  * unread is not kept waiting for a whole (maybe long) window. The clock is
- * read every RECHECK_STRIDE rounds only. */
+ * read every RECHECK_STRIDE rounds only, and the grace starts at the first
+ * of those reads after that iteration (not with a clock read of its own in
+ * every dispatch step, which cost each iteration of an fd-serving loop
+ * one: 30 ns on the development VM); a spin that finds an event before
+ * then reads no clock for it at all. */
 #define RECHECK_GRACE_NS SP_POLL_MAX_NS_DEFAULT
 #define RECHECK_STRIDE 16
 
@@ -731,8 +735,15 @@ static bool ring_poll(spindle_ctx *ctx)
         note_events(ctx, u);
         return true;
     }
-    return u->nrecheck && ++u->rounds % RECHECK_STRIDE == 0 &&
-           sp_now() - u->recheck_stamp > RECHECK_GRACE_NS;
+    if (!u->nrecheck || ++u->rounds % RECHECK_STRIDE) {
+        return false;
+    }
+    int64_t now = sp_now();
+    if (!u->recheck_stamp) {
+        u->recheck_stamp = now;
+        return false;
+    }
+    return now - u->recheck_stamp > RECHECK_GRACE_NS;
 }
 
 static bool ring_dispatch(spindle_ctx *ctx)
@@ -740,9 +751,7 @@ static bool ring_dispatch(spindle_ctx *ctx)
     sp_uring *u = ctx->uring;
     bool progress = consume(ctx, u, true);
     recheck(ctx, u);
-    if (u->nrecheck) {
-        u->recheck_stamp = sp_now(); /* see ring_poll() */
-    }
+    u->recheck_stamp = 0; /* the grace starts at the spin's next look */
     return progress;
 }
 

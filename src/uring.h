@@ -44,7 +44,8 @@ typedef struct sp_uring {
     bool closing;         /* spindle_ctx_free: re-arm nothing */
     unsigned rounds;      /* ring_poll() calls, to space clock reads */
     int64_t slack_ns;     /* the loop thread's timer slack; -1: not read */
-    int64_t recheck_stamp; /* when the re-check set was last left full */
+    int64_t recheck_stamp; /* when a spin first looked at the re-check set
+                            * after the last dispatch; 0: not yet */
     /* Per fd (loop thread; grown when an fd is armed): the CQ tail seen
      * right after its handler last ran, or after its poll was armed. Kept
      * by fd rather than in the record, which has no room; a retired
