@@ -227,8 +227,8 @@ static int setup(void **state)
     struct fixture *f = calloc(1, sizeof(*f));
     assert_non_null(f);
     *state = f;
-    f->ctx = spindle_ctx_new();
-    return f->ctx ? 0 : -1;
+    f->ctx = harness_ctx_new();
+    return 0;
 }
 
 static int probe_setup(void **state)
