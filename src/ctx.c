@@ -36,8 +36,7 @@ spindle_ctx *spindle_ctx_new(void)
 
 spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
 {
-    spindle_options opt = { .backend = SPINDLE_BACKEND_AUTO,
-                            .poll_max_ns = -1 };
+    spindle_options opt = SPINDLE_OPTIONS_INIT;
     if (o) {
         opt = *o;
     }
@@ -60,6 +59,8 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
                                            : opt.poll_max_ns;
     ctx->poll_grow = opt.poll_grow;
     ctx->poll_shrink = opt.poll_shrink;
+    ctx->spin_yield_ns = opt.spin_yield_ns < 0 ? SP_SPIN_YIELD_NS_DEFAULT
+                                               : opt.spin_yield_ns;
     ctx->uring_coop = opt.uring_mode == SPINDLE_URING_AUTO
                           ? ctx->poll_max_ns == 0
                           : opt.uring_mode == SPINDLE_URING_COOPERATIVE;
@@ -312,6 +313,7 @@ int spindle_get_stats(const spindle_ctx *ctx, spindle_stats *out)
         .unpolled_handlers = (uint64_t)SP_STAT_READ(poll_disable_cnt),
         .monitor_syscalls = SP_STAT_READ(monitor_syscalls),
         .poll_stalls = SP_STAT_READ(poll_stalls),
+        .poll_yields = SP_STAT_READ(poll_yields),
         .poll_ns = SP_STAT_READ(poll_ns),
         .poll_max_ns = ctx->poll_max_ns,
     };

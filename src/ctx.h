@@ -24,6 +24,7 @@
 
 #define SP_EPOLL_THRESHOLD 64           /* user fds before AUTO picks epoll */
 #define SP_POLL_MAX_NS_DEFAULT 32768
+#define SP_SPIN_YIELD_NS_DEFAULT 4096
 #define SP_POLL_GROW_DEFAULT 2
 #define SP_POLL_START_NS 4000
 /* A handler whose window has not adapted for this long leaves the spin
@@ -382,6 +383,7 @@ struct spindle_ctx {
     _Atomic int64_t poll_ns;   /* the largest window of the spinning
                                 * handlers: how long the loop spins */
     int64_t poll_max_ns, poll_grow, poll_shrink;
+    int64_t spin_yield_ns;      /* spindle_options.spin_yield_ns; 0: never */
     bool poll_started;
     bool poll_shared;          /* $SPINDLE_POLL_WINDOW=shared: every wait
                                 * adapts every window (the old rule) */
@@ -420,7 +422,7 @@ struct spindle_ctx {
     /* Statistics: loop thread writes (SP_STAT_INC). */
     _Atomic uint64_t iterations, kernel_waits, blocking_waits;
     _Atomic uint64_t poll_hits, poll_misses, stale_fds, interest_updates;
-    _Atomic uint64_t monitor_syscalls, poll_stalls;
+    _Atomic uint64_t monitor_syscalls, poll_stalls, poll_yields;
 };
 
 static inline bool sp_embed_keeps_out(const spindle_ctx *ctx,

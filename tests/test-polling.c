@@ -1161,6 +1161,73 @@ static void busy_polling_calls_io_poll_repeatedly_within_the_window(void **state
     assert_true(h->polls - polls0 > 4 * s.iterations);
 }
 
+/* A context with spin_yield_ns in place of the fixture's. */
+static void use_ctx_with_spin_yield(fixture *f, int64_t spin_yield_ns)
+{
+    spindle_options o = SPINDLE_OPTIONS_INIT;
+    o.spin_yield_ns = spin_yield_ns;
+    spindle_ctx_free(f->ctx);
+    f->ctx = spindle_ctx_new_opts(&o);
+    assert_non_null(f->ctx);
+    f->a.ctx = f->ctx;
+    f->b.ctx = f->ctx;
+}
+
+/* A 1 ms wait with a 512 us window: the spin runs out its window, and
+ * then the loop blocks. */
+typedef struct {
+    uint64_t yields;
+    int64_t took_ns;
+    step s;
+} spin_yields;
+
+static spin_yields yields_in_a_spin(fixture *f)
+{
+    poller_register(&f->a, false);
+    tracker tr;
+    tracker_init(&tr, f->ctx, MAX_NS, 2, 4);
+    grow_window_to(&tr, 512000);
+    uint64_t y0 = stats_of(f->ctx).poll_yields;
+    int64_t t0 = now_ns();
+    spin_yields r = { .s = timer_step(&tr, GROW_WAIT_NS) };
+    r.took_ns = now_ns() - t0;
+    r.yields = stats_of(f->ctx).poll_yields - y0;
+    return r;
+}
+
+/* The yields of a spin are at least spin_yield_ns apart, and a spin as
+ * long as 512 us (a clean one ran out its whole window) yields. */
+static void check_yields(spin_yields r, int64_t spin_yield_ns)
+{
+    assert_true(r.yields <=
+                (uint64_t)(r.took_ns / spin_yield_ns) + r.s.iterations);
+    if (r.s.clean) {
+        assert_true(r.yields >= 1);
+    }
+}
+
+static void a_spin_yields_its_cpu_every_4096_ns_by_default(void **state)
+{
+    fixture *f = *state;
+    check_yields(yields_in_a_spin(f), 4096);
+}
+
+static void a_spin_yields_its_cpu_every_spin_yield_ns(void **state)
+{
+    fixture *f = *state;
+    use_ctx_with_spin_yield(f, 64000);
+    check_yields(yields_in_a_spin(f), 64000);
+}
+
+static void a_spin_never_yields_with_spin_yield_ns_0(void **state)
+{
+    fixture *f = *state;
+    use_ctx_with_spin_yield(f, 0);
+    spin_yields r = yields_in_a_spin(f);
+    assert_int_equal(r.yields, 0);
+    assert_true(stats_of(f->ctx).poll_misses > 0); /* it did spin */
+}
+
 static void handler_without_io_poll_disables_busy_polling(void **state)
 {
     fixture *f = *state;
@@ -1515,6 +1582,9 @@ int main(void)
         FIXTURE_TEST(io_poll_true_ends_the_spin_and_counts_a_poll_hit),
         FIXTURE_TEST(spin_running_out_of_window_counts_a_poll_miss),
         FIXTURE_TEST(busy_polling_calls_io_poll_repeatedly_within_the_window),
+        FIXTURE_TEST(a_spin_yields_its_cpu_every_4096_ns_by_default),
+        FIXTURE_TEST(a_spin_yields_its_cpu_every_spin_yield_ns),
+        FIXTURE_TEST(a_spin_never_yields_with_spin_yield_ns_0),
         FIXTURE_TEST(handler_without_io_poll_disables_busy_polling),
         FIXTURE_TEST(polled_handoff_from_another_thread_is_seen_without_fd_write),
         FIXTURE_TEST(nested_poll_inside_io_poll_skips_only_that_io_poll),
