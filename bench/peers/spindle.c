@@ -37,11 +37,13 @@ static void loop_free(void *loop)
     if (getenv("BENCH_STATS") && spindle_get_stats(loop, &st) == 0)
         fprintf(stderr,
                 "spindle stats: %llu iterations, %llu kernel waits (%llu blocking), "
-                "%llu poll hits, %llu poll misses, window %lld ns, %llu monitor syscalls (%s)\n",
+                "%llu poll hits, %llu poll misses, window %lld ns, %llu monitor syscalls, "
+                "%llu stalls, %llu yields (%s)\n",
                 (unsigned long long)st.iterations, (unsigned long long)st.kernel_waits,
                 (unsigned long long)st.blocking_waits, (unsigned long long)st.poll_hits,
                 (unsigned long long)st.poll_misses, (long long)st.poll_ns,
-                (unsigned long long)st.monitor_syscalls, spindle_backend_name(loop));
+                (unsigned long long)st.monitor_syscalls, (unsigned long long)st.poll_stalls,
+                (unsigned long long)st.poll_yields, spindle_backend_name(loop));
     spindle_ctx_free(loop);
 }
 
