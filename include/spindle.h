@@ -89,30 +89,34 @@ typedef enum spindle_uring_mode {
  *
  * A zero-initialised struct (`spindle_options o = {0}`) is not the
  * defaults: its poll_max_ns of 0 turns busy polling off, whereas poll_grow
- * and poll_shrink of 0 do mean their defaults. */
+ * and poll_shrink (and spin_yield_ns) of 0 do mean their defaults. */
 typedef struct spindle_options {
     spindle_backend backend; /* AUTO honours $SPINDLE_BACKEND */
     int64_t poll_max_ns;     /* < 0: default (32768); 0: busy polling off */
     int64_t poll_grow;       /* 0: default (2); must not be negative */
     int64_t poll_shrink;     /* 0: default (reset the window to 0 on shrink) */
     spindle_uring_mode uring_mode; /* io_uring only; see above */
-    /* A busy-polling loop calls sched_yield(2) after every spin_yield_ns of
-     * spinning, so that a thread waiting for the loop's CPU runs at once
-     * instead of at the end of the loop's time slice (milliseconds): often
+    /* > 0: a busy-polling loop calls sched_yield(2) after every
+     * spin_yield_ns of spinning, so that a thread waiting for the loop's
+     * CPU runs at once instead of at the end of the loop's time slice
+     * (milliseconds): on a machine with fewer CPUs than busy threads, often
      * the very thread that produces the awaited event (io_uring's kernel
-     * worker finishing a buffered file write, a peer on a machine with
-     * fewer CPUs than busy threads). The kernel's own busy polling stops
-     * the same way when another task needs the CPU. With nobody waiting
-     * the call returns at once (about 0.7 us on the development VM); an
-     * event that comes meanwhile is seen that much later. < 0: default
-     * (4096); 0: never, for a loop that owns its CPU. */
+     * worker finishing a buffered file write, a client on the same
+     * machine). The kernel's own busy polling stops the same way when
+     * another task needs the CPU. With nobody waiting the call returns at
+     * once (about 0.7 us on the development VM); an event that comes
+     * meanwhile is seen that much later. 4096 served nbd-server's buffered
+     * writes 1.5 times faster; in the wake-rtt benchmark (two loops on two
+     * CPUs) it made some runs slower (docs/design.md, "Spins that give
+     * their CPU away"), hence not the default. 0 (the default): never;
+     * negative: EINVAL. */
     int64_t spin_yield_ns;
 } spindle_options;
 
 /* The default options, as spindle_ctx_new() uses them: AUTO back-end,
  * polling window up to 32768 ns, growing by 2, reset to 0 on shrink, AUTO
- * io_uring mode, a spin that yields its CPU every 4096 ns. */
-#define SPINDLE_OPTIONS_INIT { SPINDLE_BACKEND_AUTO, -1, 0, 0, SPINDLE_URING_AUTO, -1 }
+ * io_uring mode, spins that never yield their CPU. */
+#define SPINDLE_OPTIONS_INIT { SPINDLE_BACKEND_AUTO, -1, 0, 0, SPINDLE_URING_AUTO, 0 }
 
 /* ------------------------------------------------------------------------
  * Context

@@ -42,7 +42,7 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
     }
     if ((unsigned)opt.backend > SPINDLE_BACKEND_IO_URING ||
         (unsigned)opt.uring_mode > SPINDLE_URING_COOPERATIVE ||
-        opt.poll_grow < 0 || opt.poll_shrink < 0) {
+        opt.poll_grow < 0 || opt.poll_shrink < 0 || opt.spin_yield_ns < 0) {
         errno = EINVAL;
         return NULL;
     }
@@ -59,8 +59,7 @@ spindle_ctx *spindle_ctx_new_opts(const spindle_options *o)
                                            : opt.poll_max_ns;
     ctx->poll_grow = opt.poll_grow;
     ctx->poll_shrink = opt.poll_shrink;
-    ctx->spin_yield_ns = opt.spin_yield_ns < 0 ? SP_SPIN_YIELD_NS_DEFAULT
-                                               : opt.spin_yield_ns;
+    ctx->spin_yield_ns = opt.spin_yield_ns;
     ctx->uring_coop = opt.uring_mode == SPINDLE_URING_AUTO
                           ? ctx->poll_max_ns == 0
                           : opt.uring_mode == SPINDLE_URING_COOPERATIVE;

@@ -24,7 +24,6 @@
 
 #define SP_EPOLL_THRESHOLD 64           /* user fds before AUTO picks epoll */
 #define SP_POLL_MAX_NS_DEFAULT 32768
-#define SP_SPIN_YIELD_NS_DEFAULT 4096
 #define SP_POLL_GROW_DEFAULT 2
 #define SP_POLL_START_NS 4000
 /* A handler whose window has not adapted for this long leaves the spin

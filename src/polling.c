@@ -25,8 +25,9 @@
  * the scheduler's time slice ends, milliseconds later, and on a machine
  * with fewer CPUs than busy threads the thread kept waiting is often the
  * one the spin waits for: io_uring's kernel worker writing to the page
- * cache, a peer, a pool worker. So every spin_yield_ns of spinning, at a
- * clock read, the loop calls sched_yield(): a thread waiting for this CPU
+ * cache, a peer, a pool worker. So where its creator asks (spin_yield_ns,
+ * off by default), every spin_yield_ns of spinning, at a clock read, the
+ * loop calls sched_yield(): a thread waiting for this CPU
  * runs now (the stride then looks like a stall, and that time is not
  * waiting), and with none the call returns at once. The kernel's busy
  * polling stops likewise on need_resched(), which user space cannot read.

@@ -142,7 +142,7 @@ static void options_init_gives_the_defaults_and_zero_init_does_not(void **state)
 
 static void ctx_new_opts_auto_backend_follows_environment(void **state)
 {
-    spindle_options o = { SPINDLE_BACKEND_AUTO, -1, 0, 0, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_AUTO, -1, 0, 0, SPINDLE_URING_AUTO, 0 };
     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
     assert_non_null(ctx);
     assert_string_equal(spindle_backend_name(ctx), auto_backend_at_creation());
@@ -152,7 +152,7 @@ static void ctx_new_opts_auto_backend_follows_environment(void **state)
 static void ctx_new_opts_poll_backend_reports_poll(void **state)
 {
     /* An explicit back-end is not overridden by $SPINDLE_BACKEND. */
-    spindle_options o = { SPINDLE_BACKEND_POLL, -1, 0, 0, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_POLL, -1, 0, 0, SPINDLE_URING_AUTO, 0 };
     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
     assert_non_null(ctx);
     assert_string_equal(spindle_backend_name(ctx), "poll");
@@ -161,7 +161,7 @@ static void ctx_new_opts_poll_backend_reports_poll(void **state)
 
 static void ctx_new_opts_epoll_backend_reports_epoll(void **state)
 {
-    spindle_options o = { SPINDLE_BACKEND_EPOLL, -1, 0, 0, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_EPOLL, -1, 0, 0, SPINDLE_URING_AUTO, 0 };
     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
     assert_non_null(ctx);
     assert_string_equal(spindle_backend_name(ctx), "epoll");
@@ -171,7 +171,7 @@ static void ctx_new_opts_epoll_backend_reports_epoll(void **state)
 static void ctx_new_opts_io_uring_backend_reports_io_uring_or_epoll(void **state)
 {
     /* Header: io_uring where the kernel allows it, else epoll. */
-    spindle_options o = { SPINDLE_BACKEND_IO_URING, -1, 0, 0, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_IO_URING, -1, 0, 0, SPINDLE_URING_AUTO, 0 };
     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
     assert_non_null(ctx);
     assert_string_equal(spindle_backend_name(ctx),
@@ -181,7 +181,7 @@ static void ctx_new_opts_io_uring_backend_reports_io_uring_or_epoll(void **state
 
 static void ctx_new_opts_rejects_negative_grow(void **state)
 {
-    spindle_options o = { SPINDLE_BACKEND_AUTO, -1, -1, 0, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_AUTO, -1, -1, 0, SPINDLE_URING_AUTO, 0 };
     errno = 0;
     assert_null(spindle_ctx_new_opts(&o));
     assert_int_equal(errno, EINVAL);
@@ -189,7 +189,16 @@ static void ctx_new_opts_rejects_negative_grow(void **state)
 
 static void ctx_new_opts_rejects_negative_shrink(void **state)
 {
-    spindle_options o = { SPINDLE_BACKEND_AUTO, -1, 0, -2, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_AUTO, -1, 0, -2, SPINDLE_URING_AUTO, 0 };
+    errno = 0;
+    assert_null(spindle_ctx_new_opts(&o));
+    assert_int_equal(errno, EINVAL);
+}
+
+static void ctx_new_opts_rejects_negative_spin_yield(void **state)
+{
+    spindle_options o = SPINDLE_OPTIONS_INIT;
+    o.spin_yield_ns = -1;
     errno = 0;
     assert_null(spindle_ctx_new_opts(&o));
     assert_int_equal(errno, EINVAL);
@@ -197,7 +206,7 @@ static void ctx_new_opts_rejects_negative_shrink(void **state)
 
 static void ctx_new_opts_rejects_unknown_backend(void **state)
 {
-    spindle_options o = { (spindle_backend)42, -1, 0, 0, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { (spindle_backend)42, -1, 0, 0, SPINDLE_URING_AUTO, 0 };
     errno = 0;
     assert_null(spindle_ctx_new_opts(&o));
     assert_int_equal(errno, EINVAL);
@@ -221,7 +230,7 @@ static void ctx_new_opts_negative_poll_max_means_default(void **state)
 {
     const int64_t values[] = { -1, -12345, INT64_MIN };
     for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
-        spindle_options o = { SPINDLE_BACKEND_AUTO, values[i], 0, 0, SPINDLE_URING_AUTO, -1 };
+        spindle_options o = { SPINDLE_BACKEND_AUTO, values[i], 0, 0, SPINDLE_URING_AUTO, 0 };
         spindle_ctx *ctx = spindle_ctx_new_opts(&o);
         assert_non_null(ctx);
         assert_int_equal(stats_of(ctx).poll_max_ns, DEFAULT_POLL_MAX_NS);
@@ -231,7 +240,7 @@ static void ctx_new_opts_negative_poll_max_means_default(void **state)
 
 static void ctx_new_opts_zero_poll_max_turns_polling_off(void **state)
 {
-    spindle_options o = { SPINDLE_BACKEND_AUTO, 0, 0, 0, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_AUTO, 0, 0, 0, SPINDLE_URING_AUTO, 0 };
     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
     assert_non_null(ctx);
     assert_int_equal(stats_of(ctx).poll_max_ns, 0);
@@ -243,7 +252,7 @@ static void ctx_new_opts_zero_poll_max_turns_polling_off(void **state)
 
 static void ctx_new_opts_keeps_given_poll_max(void **state)
 {
-    spindle_options o = { SPINDLE_BACKEND_AUTO, 100000, 3, 5, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_AUTO, 100000, 3, 5, SPINDLE_URING_AUTO, 0 };
     spindle_ctx *ctx = spindle_ctx_new_opts(&o);
     assert_non_null(ctx);
     spindle_stats s = stats_of(ctx);
@@ -750,6 +759,7 @@ int main(void)
         TEST(ctx_new_opts_io_uring_backend_reports_io_uring_or_epoll),
         TEST(ctx_new_opts_rejects_negative_grow),
         TEST(ctx_new_opts_rejects_negative_shrink),
+        TEST(ctx_new_opts_rejects_negative_spin_yield),
         TEST(ctx_new_opts_rejects_unknown_backend),
         TEST(ctx_new_opts_rejects_unknown_uring_mode),
         TEST(ctx_new_opts_negative_poll_max_means_default),

@@ -766,7 +766,7 @@ static void closed_registered_fd_is_counted_stale_on_poll_backend(void **state)
     if (harness_embedded()) {
         skip(); /* embedding moves a context from poll to epoll */
     }
-    spindle_options o = { SPINDLE_BACKEND_POLL, -1, 0, 0, SPINDLE_URING_AUTO, -1 };
+    spindle_options o = { SPINDLE_BACKEND_POLL, -1, 0, 0, SPINDLE_URING_AUTO, 0 };
     f->ctx = spindle_ctx_new_opts(&o);
     assert_non_null(f->ctx);
     set_handler(f->ctx, f->p[0], false, read_cb, NULL, &f->h);

@@ -1206,23 +1206,23 @@ static void check_yields(spin_yields r, int64_t spin_yield_ns)
     }
 }
 
-static void a_spin_yields_its_cpu_every_4096_ns_by_default(void **state)
+static void a_spin_yields_its_cpu_every_spin_yield_ns(void **state)
 {
     fixture *f = *state;
+    use_ctx_with_spin_yield(f, 4096);
     check_yields(yields_in_a_spin(f), 4096);
 }
 
-static void a_spin_yields_its_cpu_every_spin_yield_ns(void **state)
+static void a_spin_yields_its_cpu_every_64000_ns_when_asked_so(void **state)
 {
     fixture *f = *state;
     use_ctx_with_spin_yield(f, 64000);
     check_yields(yields_in_a_spin(f), 64000);
 }
 
-static void a_spin_never_yields_with_spin_yield_ns_0(void **state)
+static void a_spin_never_yields_by_default(void **state)
 {
     fixture *f = *state;
-    use_ctx_with_spin_yield(f, 0);
     spin_yields r = yields_in_a_spin(f);
     assert_int_equal(r.yields, 0);
     assert_true(stats_of(f->ctx).poll_misses > 0); /* it did spin */
@@ -1582,9 +1582,9 @@ int main(void)
         FIXTURE_TEST(io_poll_true_ends_the_spin_and_counts_a_poll_hit),
         FIXTURE_TEST(spin_running_out_of_window_counts_a_poll_miss),
         FIXTURE_TEST(busy_polling_calls_io_poll_repeatedly_within_the_window),
-        FIXTURE_TEST(a_spin_yields_its_cpu_every_4096_ns_by_default),
         FIXTURE_TEST(a_spin_yields_its_cpu_every_spin_yield_ns),
-        FIXTURE_TEST(a_spin_never_yields_with_spin_yield_ns_0),
+        FIXTURE_TEST(a_spin_yields_its_cpu_every_64000_ns_when_asked_so),
+        FIXTURE_TEST(a_spin_never_yields_by_default),
         FIXTURE_TEST(handler_without_io_poll_disables_busy_polling),
         FIXTURE_TEST(polled_handoff_from_another_thread_is_seen_without_fd_write),
         FIXTURE_TEST(nested_poll_inside_io_poll_skips_only_that_io_poll),

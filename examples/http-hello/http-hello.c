@@ -37,7 +37,7 @@
  *   event to the spin's next system call instead of interrupting the loop
  *   thread for it, which halved the requests served at 50 connections
  *   (spindle.h, spindle_uring_mode). A spin also gives its CPU to wrk
- *   every few microseconds (spin_yield_ns) when they share one. -n turns
+ *   every 4 us (spin_yield_ns) when they share one. -n turns
  *   polling off (poll_max_ns 0).
  * - The main thread runs a context too, with one handler: a signalfd, which
  *   turns SIGINT and SIGTERM into a readable fd. Then every thread stops,
@@ -170,6 +170,7 @@ int main(int argc, char **argv)
     spindle_options loop_opts = SPINDLE_OPTIONS_INIT;
     loop_opts.poll_max_ns = o.no_busy_polling ? 0 : 256000;
     loop_opts.uring_mode = SPINDLE_URING_COOPERATIVE;
+    loop_opts.spin_yield_ns = 4096;
     int port = o.port;
     for (int i = 0; i < o.threads; i++) {
         worker *w = &workers[i];
