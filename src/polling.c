@@ -27,12 +27,12 @@
  * one the spin waits for: io_uring's kernel worker writing to the page
  * cache, a peer, a pool worker. So where its creator asks (spin_yield_ns,
  * off by default), every spin_yield_ns of spinning, at a clock read, the
- * loop calls sched_yield(): a thread waiting for this CPU
- * runs now (the stride then looks like a stall, and that time is not
- * waiting), and with none the call returns at once. The kernel's busy
- * polling stops likewise on need_resched(), which user space cannot read.
- * nbd-server's 4 KiB random writes at queue depth 32 went from 38k to 56k
- * to 64k IOPS with it (docs/design.md, "Spins that give their CPU away").
+ * loop calls sched_yield(): a thread waiting for this CPU runs now (the
+ * stride then looks like a stall, and that time is not waiting), and with
+ * none the call returns at once. The kernel's busy polling stops likewise
+ * on need_resched(), which user space cannot read. nbd-server's 4 KiB
+ * random writes at queue depth 32 went from 38k to 56k-64k IOPS with it
+ * (docs/design.md, "Spins that give their CPU away").
  *
  * Idle handlers (polling-windows.c) are called in the first round of a spin
  * only, so they cost nothing per round.
