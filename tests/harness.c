@@ -41,6 +41,15 @@ int harness_watchdog_disarm(void **state)
     return 0;
 }
 
+void *harness_fixture_new(void **state, size_t size)
+{
+    harness_watchdog_arm(state);
+    void *f = calloc(1, size);
+    assert_non_null(f);
+    *state = f;
+    return f;
+}
+
 void harness_pipe(int fds[2])
 {
     assert_int_equal(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);

@@ -21,6 +21,10 @@
 int harness_watchdog_arm(void **state);
 int harness_watchdog_disarm(void **state);
 
+/* For a file's fixture setup: arm the watchdog, and make *state a zeroed
+ * fixture of size bytes, which it returns (the file's teardown frees it). */
+void *harness_fixture_new(void **state, size_t size);
+
 #define TEST(fn) \
     cmocka_unit_test_setup_teardown(fn, harness_watchdog_arm, \
                                     harness_watchdog_disarm)

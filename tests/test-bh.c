@@ -112,10 +112,7 @@ struct fixture {
 
 static int ctx_setup(void **state)
 {
-    harness_watchdog_arm(state);
-    struct fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
-    *state = f;
+    struct fixture *f = harness_fixture_new(state, sizeof(*f));
     f->ctx = harness_ctx_new();
     return 0;
 }

@@ -31,9 +31,7 @@ typedef struct host {
 
 static int host_setup(void **state)
 {
-    harness_watchdog_arm(state);
-    host *h = calloc(1, sizeof(*h));
-    assert_non_null(h);
+    host *h = harness_fixture_new(state, sizeof(*h));
     h->ctx = harness_ctx_new();
     h->fd = spindle_get_fd(h->ctx);
     assert_true(h->fd >= 0);
@@ -41,7 +39,6 @@ static int host_setup(void **state)
      * accept that first, so each test starts from a quiet context. */
     harness_drain(h->ctx);
     harness_pipe(h->pipe);
-    *state = h;
     return 0;
 }
 

@@ -189,10 +189,7 @@ struct fixture {
  * not take the number of an end a test closes. */
 static struct fixture *fixture_new(void **state, bool with_ctx)
 {
-    harness_watchdog_arm(state);
-    struct fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
-    *state = f;
+    struct fixture *f = harness_fixture_new(state, sizeof(*f));
     f->p[0] = f->p[1] = f->q[0] = f->q[1] = f->efd = -1;
     if (with_ctx) {
         f->ctx = harness_ctx_new();
@@ -207,11 +204,18 @@ static int ctx_setup(void **state)
     return 0;
 }
 
-static int pipe_setup(void **state)
+/* A fixture whose handler watches the read end of pipe p. */
+static struct fixture *pipe_fixture(void **state, bool with_ctx)
 {
-    struct fixture *f = fixture_new(state, true);
+    struct fixture *f = fixture_new(state, with_ctx);
     harness_pipe(f->p);
     f->h.fd = f->p[0];
+    return f;
+}
+
+static int pipe_setup(void **state)
+{
+    pipe_fixture(state, true);
     return 0;
 }
 
@@ -234,9 +238,7 @@ static int eventfd_setup(void **state)
 /* For the tests that need no context or make their own. */
 static int pipe_without_ctx_setup(void **state)
 {
-    struct fixture *f = fixture_new(state, false);
-    harness_pipe(f->p);
-    f->h.fd = f->p[0];
+    pipe_fixture(state, false);
     return 0;
 }
 

@@ -61,9 +61,7 @@ static gint watching_poll(GPollFD *fds, guint n, gint timeout_ms)
 
 static int glib_setup(void **state)
 {
-    harness_watchdog_arm(state);
-    glib_fix *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
+    glib_fix *f = harness_fixture_new(state, sizeof(*f));
     f->gctx = g_main_context_new();
     f->loop = g_main_loop_new(f->gctx, FALSE);
     real_poll = g_main_context_get_poll_func(f->gctx);
@@ -78,7 +76,6 @@ static int glib_setup(void **state)
     f->loop_tid = current_tid();
     harness_pipe(f->to_spindle);
     harness_pipe(f->to_glib);
-    *state = f;
     return 0;
 }
 

@@ -56,15 +56,12 @@ static void on_write(void *opaque)
 
 static int setup(void **state)
 {
-    harness_watchdog_arm(state);
-    fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
+    fixture *f = harness_fixture_new(state, sizeof(*f));
     f->ctx = harness_ctx_new();
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |
                                 SOCK_CLOEXEC, 0, f->end), 0);
     assert_int_equal(spindle_set_fd_handler(f->ctx, f->end[0], false, on_read,
                                             on_write, NULL, f), 0);
-    *state = f;
     return 0;
 }
 

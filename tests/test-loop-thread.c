@@ -38,16 +38,13 @@ typedef struct lt_fix {
 
 static int lt_setup(void **state)
 {
-    harness_watchdog_arm(state);
-    lt_fix *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
+    lt_fix *f = harness_fixture_new(state, sizeof(*f));
     f->test_thread = pthread_self();
     f->t = spindle_thread_new(NULL);
     assert_non_null(f->t);
     f->ctx = spindle_thread_ctx(f->t);
     assert_non_null(f->ctx);
     harness_pipe(f->pipe);
-    *state = f;
     return 0;
 }
 

@@ -120,10 +120,7 @@ static int unregister_reader(struct fixture *f)
 
 static int fixture_setup(void **state, bool active)
 {
-    harness_watchdog_arm(state);
-    struct fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
-    *state = f;
+    struct fixture *f = harness_fixture_new(state, sizeof(*f));
     f->ctx = harness_ctx_new();
     f->n = notifier_new_checked(active);
     f->r.n = f->n;

@@ -365,13 +365,10 @@ typedef struct {
 
 static int fixture_setup(void **state)
 {
-    harness_watchdog_arm(state);
-    fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
+    fixture *f = harness_fixture_new(state, sizeof(*f));
     f->ctx = harness_ctx_new();
     poller_init(&f->a, f->ctx, new_eventfd());
     poller_init(&f->b, f->ctx, new_eventfd());
-    *state = f;
     return 0;
 }
 

@@ -66,9 +66,7 @@ typedef struct pool_fix {
 
 static int pool_setup(void **state)
 {
-    harness_watchdog_arm(state);
-    pool_fix *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
+    pool_fix *f = harness_fixture_new(state, sizeof(*f));
     f->ctx = harness_ctx_new();
     f->loop_thread = pthread_self();
     pthread_mutex_init(&f->gate.lock, NULL);
@@ -78,7 +76,6 @@ static int pool_setup(void **state)
         f->jobs[i].index = i;
         atomic_init(&f->jobs[i].ret, -1);
     }
-    *state = f;
     return 0;
 }
 

@@ -43,9 +43,7 @@ struct fixture {
 
 static int setup(void **state)
 {
-    harness_watchdog_arm(state);
-    struct fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
+    struct fixture *f = harness_fixture_new(state, sizeof(*f));
     f->t = aligned_alloc(64, NTIMERS * sizeof(spindle_timer));
     assert_non_null(f->t);
     memset(f->t, 0, NTIMERS * sizeof(spindle_timer));
@@ -53,7 +51,6 @@ static int setup(void **state)
     assert_non_null(f->w.slot);
     f->now = 10 * HOUR; /* since boot: room to set the clock back */
     f->rng = 0x9e3779b97f4a7c15u;
-    *state = f;
     return 0;
 }
 

@@ -46,12 +46,9 @@ typedef struct fixture {
 
 static int ring_setup(void **state)
 {
-    harness_watchdog_arm(state);
-    fixture *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
+    fixture *f = harness_fixture_new(state, sizeof(*f));
     f->file = -1;
     f->pipe[0] = f->pipe[1] = -1;
-    *state = f;
     if (!harness_io_uring_usable()) {
         return 0; /* each test skips */
     }
