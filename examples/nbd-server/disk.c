@@ -257,7 +257,8 @@ const char *disk_engine_name(disk_engine_kind k)
     return names[k];
 }
 
-int disk_engine_init(disk_engine *e, disk *d, spindle_ctx *ctx, disk_engine_kind want)
+int disk_engine_init(disk_engine *e, disk *d, spindle_ctx *ctx, disk_engine_kind want,
+                     int64_t inline_budget_ns)
 {
 #if NBD_HAVE_URING
     bool uring = spindle_has_io_uring(ctx);
@@ -272,24 +273,8 @@ int disk_engine_init(disk_engine *e, disk *d, spindle_ctx *ctx, disk_engine_kind
     e->d = d;
     e->ctx = ctx;
     e->kind = want;
+    disk_inline_init(&e->inl, inline_budget_ns);
     return 0;
-}
-
-/* For the pool engine: a read that the page cache holds needs no worker
- * (and no thread hand-off, which costs a wake-up of tens of microseconds
- * on a VM). Try it right here without waiting: RWF_NOWAIT makes the kernel
- * return EAGAIN rather than go to the disk. Whatever it did not read, a
- * worker reads. (The io_uring engine needs none of this: the kernel tries
- * each request without blocking first by itself.) */
-static bool read_cached(disk_io *io)
-{
-    if (io->op != DISK_READ)
-        return false;
-    struct iovec v = {io->buf, io->len};
-    ssize_t n = preadv2(io->fd, &v, 1, (off_t)io->off, RWF_NOWAIT);
-    if (n > 0)
-        io->moved = (uint32_t)n;
-    return io->moved == io->len;
 }
 
 void disk_submit(disk_engine *e, disk_io *io)
@@ -297,26 +282,28 @@ void disk_submit(disk_engine *e, disk_io *io)
     io->moved = 0;
     io->d = e->d;
     io->fd = e->d->mem ? -1 : file_fd(e->d, io);
-    /* Memory is no I/O: it is copied inline, whatever the engine. Reads,
-     * writes and flushes go on the ring; trim, zeroing and extents
+    /* Memory is no I/O: it is copied inline, whatever the engine. */
+    if (e->d->mem || e->kind == ENGINE_SYNC) {
+        e->inl.made += !e->d->mem && io->op == DISK_WRITE;
+        io->done(io, disk_do_blocking(e->d, io));
+        return;
+    }
+    if (disk_try_inline(&e->inl, io, e->kind == ENGINE_POOL))
+        return;
+    e->inl.handed += io->op == DISK_WRITE;
+    /* Reads, writes and flushes go on the ring; trim, zeroing and extents
      * (fallocate and lseek, with fallbacks) are rare: the pool does them,
      * or without one the loop thread. */
-    if (!e->d->mem && e->kind != ENGINE_SYNC) {
 #if NBD_HAVE_URING
-        if (e->kind == ENGINE_URING &&
-            (io->op == DISK_READ || io->op == DISK_WRITE || io->op == DISK_FLUSH)) {
-            disk_uring_submit(io, e->ctx);
-            return;
-        }
+    if (e->kind == ENGINE_URING &&
+        (io->op == DISK_READ || io->op == DISK_WRITE || io->op == DISK_FLUSH)) {
+        disk_uring_submit(io, e->ctx);
+        return;
+    }
 #endif
 #if NBD_HAVE_POOL
-        if (io->fd == e->d->fd && read_cached(io)) { /* not O_DIRECT */
-            io->done(io, 0);
-            return;
-        }
-        disk_pool_submit(io, e->ctx);
-        return;
-#endif
-    }
+    disk_pool_submit(io, e->ctx);
+#else
     io->done(io, disk_do_blocking(e->d, io));
+#endif
 }

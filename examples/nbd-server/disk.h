@@ -82,10 +82,27 @@ struct disk_io {
 
 typedef enum { ENGINE_AUTO, ENGINE_URING, ENGINE_POOL, ENGINE_SYNC } disk_engine_kind;
 
+/* A loop thread's own I/O (disk-inline.c): its budget for a buffered
+ * write, its pause, and counts of the writes made. */
+typedef struct disk_inline {
+    int64_t budget_ns;    /* a write slower than this pauses them; 0: none */
+    int64_t paused_until; /* CLOCK_MONOTONIC ns: writes go to the engine */
+    int64_t pause_ns;     /* the next pause */
+    bool nowait;          /* RWF_NOWAIT first (false once refused) */
+    uint64_t made;        /* writes made on the loop thread */
+    uint64_t slow;        /* ...of which took longer than the budget */
+    uint64_t handed;      /* writes the engine made */
+} disk_inline;
+
+/* The default budget: well above a page-cache copy of 256 KiB, well below
+ * a throttled write. */
+#define DISK_INLINE_BUDGET_NS 500000
+
 typedef struct disk_engine {
     disk *d;
     spindle_ctx *ctx;
     disk_engine_kind kind;
+    disk_inline inl;
 } disk_engine;
 
 /* Open path as the export (a regular file or a block device); direct asks
@@ -98,9 +115,12 @@ int disk_open_memory(disk *d, uint64_t size, bool readonly);
 void disk_close(disk *d);
 
 /* Set up the engine of the loop thread running ctx. want ENGINE_AUTO picks
- * uring when ctx runs on io_uring, else pool. Returns 0, or -ENOTSUP when
- * the engine asked for is not available in this build or on this ctx. */
-int disk_engine_init(disk_engine *e, disk *d, spindle_ctx *ctx, disk_engine_kind want);
+ * uring when ctx runs on io_uring, else pool. inline_budget_ns: buffered
+ * writes are made on the loop thread while each takes no longer (0: never;
+ * disk-inline.c). Returns 0, or -ENOTSUP when the engine asked for is not
+ * available in this build or on this ctx. */
+int disk_engine_init(disk_engine *e, disk *d, spindle_ctx *ctx, disk_engine_kind want,
+                     int64_t inline_budget_ns);
 const char *disk_engine_name(disk_engine_kind k);
 /* Start io; io->done runs later on this loop thread (or before the return,
  * for the sync engine and memory exports). Never fails by itself: errors
@@ -110,6 +130,13 @@ void disk_submit(disk_engine *e, disk_io *io);
 /* The blocking implementation of every operation, for the sync and pool
  * engines (any thread). 0 or -errno. */
 int disk_do_blocking(disk *d, disk_io *io);
+
+/* disk-inline.c: do io right here if the kernel allows it without a long
+ * wait (page-cache reads only when page_cache_reads; the uring engine's
+ * ring tries those itself). True when io is done (io->done has run);
+ * false: the engine does it, or the rest of it (io->moved). */
+void disk_inline_init(disk_inline *in, int64_t budget_ns);
+bool disk_try_inline(disk_inline *in, disk_io *io, bool page_cache_reads);
 
 /* The engines' back-ends: they start io (its d and fd set) and call
  * io->done from the loop thread when it completes. */

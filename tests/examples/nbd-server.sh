@@ -83,7 +83,8 @@ ok "nbdcopy out: checksum matches"
 rm -f "$tmp/out.img"
 
 # data_checks MIRROR SLOTS: on the export at $uri, whose content MIRROR
-# holds: pattern writes at random offsets (aligned or not, some with FUA),
+# holds: pattern writes at random offsets (aligned or not, some with FUA:
+# qemu-io's default cache mode, writethrough, would make every one FUA),
 # one in each of SLOTS 4 MiB slots, read back with pattern checks; trim and
 # write zeroes, read back as zeroes, a trimmed range reported as a hole; the
 # whole export copied out and compared with MIRROR, into which each write
@@ -99,7 +100,7 @@ data_checks() {
         reads+=(-c "read -q -P $byte $off $len")
         mirror "$img" "$off" "$len" "$byte"
     done
-    qemu-io -f raw "${writes[@]}" "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io writes: $(cat "$tmp/qemu-io.out")"
+    qemu-io -f raw -t writeback "${writes[@]}" "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io writes: $(cat "$tmp/qemu-io.out")"
     qemu-io -f raw "${reads[@]}" "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io reads: $(cat "$tmp/qemu-io.out")"
     [ ! -s "$tmp/qemu-io.out" ] || fail "qemu-io pattern check (seed $seed): $(head "$tmp/qemu-io.out")"
     ok "qemu-io: $slots pattern writes at random offsets read back (seed $seed)"
@@ -150,6 +151,44 @@ for engine in $("$server" --engines | head -1); do
     start_server "$server" --engine "$engine" "$tmp/engine.img"
     data_checks "$tmp/engine.mirror" 12
     stop_server
+done
+
+# 4c. Buffered writes made by the loop thread itself (disk-inline.c), on
+# the engines that hand I/O to another thread: 32 plain 4 KiB writes and 4
+# FUA ones (cache mode writeback), read back, and the server's count at exit of where they were
+# made. FUA writes always go to the engine; with the default budget the
+# loop makes plain writes itself, with budget 0 never, and with a budget of
+# 1 ns every write it makes is over budget and sends the next ones to the
+# engine for a pause (100 ms, then longer).
+MADE_RE='^nbd-server: writes: ([0-9]+) made by the loop threads \(([0-9]+) over the budget\), ([0-9]+) by the engine$'
+inline_writes() { # BUDGET|default ENGINE: sets made, slow, handed
+    local w=() r=() opt=() i line
+    [ "$1" = default ] || opt=(--inline-writes "$1")
+    for i in $(seq 0 35); do
+        w+=(-c "write -q $([ "$i" -ge 32 ] && echo -f || true) -P $((i + 1)) $((i * 65536)) 4096")
+        r+=(-c "read -q -P $((i + 1)) $((i * 65536)) 4096")
+    done
+    start_server "$server" --engine "$2" "${opt[@]}" "$tmp/engine.img"
+    qemu-io -f raw -t writeback "${w[@]}" "${r[@]}" "$uri" >"$tmp/qemu-io.out" 2>&1 || fail "qemu-io: $(cat "$tmp/qemu-io.out")"
+    [ ! -s "$tmp/qemu-io.out" ] || fail "budget $1: writes read back wrong: $(head "$tmp/qemu-io.out")"
+    stop_server
+    line=$(grep -E "$MADE_RE" "$tmp/server.err") || fail "no count of writes at exit"
+    [[ $line =~ $MADE_RE ]]
+    made=${BASH_REMATCH[1]} slow=${BASH_REMATCH[2]} handed=${BASH_REMATCH[3]}
+    [ $((made + handed)) -eq 36 ] || fail "budget $1: $line; 36 writes were sent"
+}
+for engine in $("$server" --engines | head -1); do
+    [ "$engine" != sync ] || continue
+    inline_writes default "$engine"
+    [ "$made" -ge 1 ] && [ "$handed" -ge 4 ] || fail "$engine, default budget: $made made, $handed by the engine"
+    ok "$engine, default budget: $made of 32 plain writes made by the loop thread, FUA ones by the engine"
+    inline_writes 0 "$engine"
+    [ "$made" -eq 0 ] || fail "$engine, budget 0: $made writes made by the loop thread"
+    ok "$engine, budget 0: every write made by the engine"
+    inline_writes 1 "$engine"
+    [ "$made" -ge 1 ] && [ "$slow" -eq "$made" ] && [ "$handed" -ge 5 ] ||
+        fail "$engine, budget 1 ns: $made made, $slow over budget, $handed by the engine"
+    ok "$engine, budget 1 ns: $made made (each over budget), then paused: $handed by the engine"
 done
 
 # 5. Bad requests, broken and vanishing clients (nbd-raw.py): error replies
