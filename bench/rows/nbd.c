@@ -17,6 +17,7 @@
  * Compare page cache with page cache and O_DIRECT with O_DIRECT: each line
  * says which in its note.
  * SPDX-License-Identifier: MIT */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libnbd.h>
@@ -247,7 +248,12 @@ static void run_impl(int k)
     int64_t dur = cfg.quick ? 100000000 : 400000000;
     char *argv[24], portbuf[16], log[600];
     server_argv(k, port, argv, portbuf);
-    snprintf(log, sizeof log, "%s/nbd-server.log", cfg.out_dir);
+    /* One log per line, named by its label: each server's last words
+     * (nbd-server's count of where writes were made) stay readable. */
+    int at = snprintf(log, sizeof log, "%s/nbd-", cfg.out_dir);
+    for (const char *l = im->label; *l && at < (int)sizeof log - 5; l++)
+        log[at++] = isalnum((unsigned char)*l) ? *l : '-';
+    snprintf(log + at, sizeof log - (size_t)at, ".log");
     pid_t pid = proc_start(argv, im->env, log);
     server_wait_port(pid, port, log);
     char note[96];
