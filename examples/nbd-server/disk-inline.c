@@ -32,7 +32,7 @@
  *   itself, and a large copy is long however fast the page cache is.
  * SPDX-License-Identifier: MIT */
 #include <errno.h>
-#include <sys/uio.h>
+#include <sys/uio.h> /* RWF_NOWAIT */
 
 #include "disk.h"
 
@@ -47,34 +47,19 @@ void disk_inline_init(disk_inline *in, int64_t budget_ns)
 
 static bool read_cached(disk_io *io)
 {
-    struct iovec v = {io->buf, io->len};
-    ssize_t n = preadv2(io->fd, &v, 1, (off_t)io->off, RWF_NOWAIT);
-    if (n > 0)
-        io->moved = (uint32_t)n;
-    return io->moved == io->len;
+    return disk_file_rw(io, RWF_NOWAIT) == 0;
 }
 
 /* The write, or as much as the kernel takes without blocking when
  * in->nowait. 0, -EAGAIN (the rest is the engine's), or -errno. */
 static int write_here(disk_inline *in, disk_io *io)
 {
-    while (io->moved < io->len) {
-        struct iovec v = {(char *)io->buf + io->moved, io->len - io->moved};
-        ssize_t n = pwritev2(io->fd, &v, 1, (off_t)(io->off + io->moved),
-                             in->nowait ? RWF_NOWAIT : 0);
-        if (n < 0 && errno == EOPNOTSUPP && in->nowait) {
-            in->nowait = false; /* this file system cannot: time it instead */
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return errno == EAGAIN ? -EAGAIN : -errno;
-        if (n == 0)
-            return -EIO;
-        io->moved += (uint32_t)n;
+    int r = disk_file_rw(io, in->nowait ? RWF_NOWAIT : 0);
+    if (r == -EOPNOTSUPP && in->nowait) {
+        in->nowait = false; /* this file system cannot: time it instead */
+        r = disk_file_rw(io, 0);
     }
-    return 0;
+    return r;
 }
 
 static bool write_inline(disk_inline *in, disk_io *io)

@@ -142,14 +142,16 @@ static int file_fd(const disk *d, const disk_io *io)
     return d->fd;
 }
 
-static int file_rw(disk_io *io)
+int disk_file_rw(disk_io *io, int rw_flags)
 {
     int fd = io->fd;
+    if (io->op == DISK_WRITE && io->fua)
+        rw_flags |= RWF_DSYNC;
     while (io->moved < io->len) {
         struct iovec v = {(char *)io->buf + io->moved, io->len - io->moved};
         off_t at = (off_t)(io->off + io->moved);
-        ssize_t n = io->op == DISK_READ ? preadv2(fd, &v, 1, at, 0)
-                                        : pwritev2(fd, &v, 1, at, io->fua ? RWF_DSYNC : 0);
+        ssize_t n = io->op == DISK_READ ? preadv2(fd, &v, 1, at, rw_flags)
+                                        : pwritev2(fd, &v, 1, at, rw_flags);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -233,7 +235,7 @@ int disk_do_blocking(disk *d, disk_io *io)
     switch (io->op) {
     case DISK_READ:
     case DISK_WRITE:
-        return file_rw(io); /* FUA: RWF_DSYNC */
+        return disk_file_rw(io, 0);
     case DISK_FLUSH:
         return fdatasync(d->fd) == 0 ? 0 : -errno;
     case DISK_TRIM:

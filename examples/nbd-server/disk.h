@@ -130,6 +130,11 @@ void disk_submit(disk_engine *e, disk_io *io);
 /* The blocking implementation of every operation, for the sync and pool
  * engines (any thread). 0 or -errno. */
 int disk_do_blocking(disk *d, disk_io *io);
+/* A file read or write of io, from io->moved on, with preadv2/pwritev2
+ * flags (a FUA write adds RWF_DSYNC). With RWF_NOWAIT: -EAGAIN where the
+ * kernel would have blocked, io->moved saying how far it got. 0 or
+ * -errno. */
+int disk_file_rw(disk_io *io, int rw_flags);
 
 /* disk-inline.c: do io right here if the kernel allows it without a long
  * wait (page-cache reads only when page_cache_reads; the uring engine's
