@@ -155,11 +155,11 @@ done
 
 # 4c. Buffered writes made by the loop thread itself (disk-inline.c), on
 # the engines that hand I/O to another thread: 32 plain 4 KiB writes and 4
-# FUA ones (cache mode writeback), read back, and the server's count at exit of where they were
-# made. FUA writes always go to the engine; with the default budget the
-# loop makes plain writes itself, with budget 0 never, and with a budget of
-# 1 ns every write it makes is over budget and sends the next ones to the
-# engine for a pause (100 ms, then longer).
+# FUA ones (cache mode writeback), read back, and the server's count at
+# exit of where they were made. FUA writes always go to the engine; with
+# the default budget the loop makes plain writes itself, with budget 0
+# never, and with a budget of 1 ns every write it makes is over budget and
+# sends the next ones to the engine for a pause (100 ms, then longer).
 MADE_RE='^nbd-server: writes: ([0-9]+) made by the loop threads \(([0-9]+) over the budget\), ([0-9]+) by the engine$'
 inline_writes() { # BUDGET|default ENGINE: sets made, slow, handed
     local w=() r=() opt=() i line
