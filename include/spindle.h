@@ -537,7 +537,7 @@ SPINDLE_API int spindle_bh_oneshot(spindle_ctx *ctx, spindle_io_fn *cb,
  *
  * Memory: a timer takes 64 bytes, in blocks of 63 that its context keeps
  * (a freed timer's memory serves the context's next spindle_timer_new;
- * spindle_ctx_free releases it all), plus 41 KiB per clock for the wheel,
+ * spindle_ctx_free releases it all), plus 60 KiB per clock for the wheel,
  * from the clock's first timer on.
  */
 

@@ -47,6 +47,7 @@
  */
 #include "timer-wheel.h"
 
+#include <limits.h>
 #include <stddef.h>
 
 #define RES ((uint64_t)1 << SP_WHEEL_RES_BITS)
@@ -182,6 +183,13 @@ static spindle_timer **bucket_of(sp_wheel *w, const spindle_timer *t,
     return &w->slot[*level][*d][stripe_of(t)];
 }
 
+static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
+{
+    unsigned s = shift_of(level), above = s + SP_WHEEL_SLOT_BITS;
+    uint64_t high = above >= 64 ? 0 : ((uint64_t)w->cur >> above) << above;
+    return high | ((uint64_t)d << s);
+}
+
 /* Whether a key goes on the late list rather than into a bucket. */
 static bool is_late(const sp_wheel *w, int64_t key)
 {
@@ -189,17 +197,60 @@ static bool is_late(const sp_wheel *w, int64_t key)
            (w->run_now != NOT_RUNNING && key <= w->run_now);
 }
 
-static bool is_staged(const sp_wheel *w, unsigned level, unsigned d)
+/* Staging (below): the levels that stage, each one's state and spare set. */
+static bool stages(unsigned level)
 {
-    return w->stage_level && level == w->stage_level && d == w->stage_digit;
+    return level >= SP_WHEEL_STAGE_LEVEL && level < SP_WHEEL_LEVELS;
 }
 
-/* Into the staging area: by the digit of the level below the staged one. */
-static void place_staged(sp_wheel *w, spindle_timer *t)
+static sp_wheel_stage *stage_of(sp_wheel *w, unsigned level)
 {
-    unsigned sub = digit((uint64_t)t->key, w->stage_level - 1);
-    push(&w->slot[SP_WHEEL_LEVELS][sub][stripe_of(t)], t);
-    w->stage_nonempty |= (uint64_t)1 << sub;
+    return &w->stage[level - SP_WHEEL_STAGE_LEVEL];
+}
+
+static sp_wheel_bucket *spare_of(sp_wheel *w, unsigned level)
+{
+    return &w->slot[SP_WHEEL_LEVELS + level - SP_WHEEL_STAGE_LEVEL];
+}
+
+/* Whether this bucket of the wheel is being staged (or is the part of the
+ * bucket staged one level up that this level stages: its start is in the
+ * next slot of the level above, not this one's). */
+static bool is_staged(const sp_wheel *w, unsigned level, unsigned d)
+{
+    return (w->staging >> level & 1) && stages(level) &&
+           w->stage[level - SP_WHEEL_STAGE_LEVEL].start ==
+               (int64_t)bucket_start(w, level, d);
+}
+
+/* A small verdict on the bucket starting at `start` no longer holds. */
+static void recount(sp_wheel *w, unsigned level, int64_t start)
+{
+    if (stages(level) && (w->small >> level & 1) &&
+        stage_of(w, level)->counted_start == start) {
+        stage_of(w, level)->counted_start = -1;
+        w->small &= (uint16_t)~(1u << level);
+    }
+}
+
+/* Into the spare set of the bucket staged at `level`, by the digit of the
+ * level below; or, if the level below stages that part of it already,
+ * into that one's. */
+static void place_staged(sp_wheel *w, unsigned level, spindle_timer *t)
+{
+    for (;;) {
+        sp_wheel_stage *s = stage_of(w, level);
+        unsigned below = level - 1, sub = digit((uint64_t)t->key, below);
+        int64_t start = s->start + ((int64_t)sub << shift_of(below));
+        if (stages(below) && stage_of(w, below)->start == start) {
+            level = below;
+            continue;
+        }
+        recount(w, below, start);
+        push(&(*spare_of(w, level))[sub][stripe_of(t)], t);
+        s->nonempty |= (uint64_t)1 << sub;
+        return;
+    }
 }
 
 static void place(sp_wheel *w, spindle_timer *t)
@@ -210,15 +261,16 @@ static void place(sp_wheel *w, spindle_timer *t)
     }
     unsigned level, d;
     spindle_timer **list = bucket_of(w, t, (uint64_t)t->key, &level, &d);
-    if (is_staged(w, level, d)) {
-        place_staged(w, t);
-        return;
+    if ((w->staging | w->small) >> level & 1) {
+        int64_t start = (int64_t)bucket_start(w, level, d);
+        if ((w->staging >> level & 1) && stage_of(w, level)->start == start) {
+            place_staged(w, level, t);
+            return;
+        }
+        recount(w, level, start);
     }
     push(list, t);
     w->nonempty[level] |= (uint64_t)1 << d;
-    if (d == w->counted_digit[level] && !w->counted_big[level]) {
-        w->counted_start[level] = -1; /* it grew: count it again */
-    }
 }
 
 static bool bucket_empty(const sp_wheel *w, unsigned level, unsigned d)
@@ -260,6 +312,7 @@ static void place_all(sp_wheel *w, spindle_timer **lists)
                     __builtin_prefetch(t->next, 1);
                     more = true;
                 }
+                w->work++;
                 place(w, t);
             }
         }
@@ -286,32 +339,31 @@ static void fetch(spindle_timer **lists)
     } while (more);
 }
 
-static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
-{
-    unsigned s = shift_of(level), above = s + SP_WHEEL_SLOT_BITS;
-    uint64_t high = above >= 64 ? 0 : ((uint64_t)w->cur >> above) << above;
-    return high | ((uint64_t)d << s);
-}
-
 /* ------------------------------------------------------------------------
  * Staging. A cascade moves a whole bucket at once, and a bucket far up
  * holds every timer due within its slot: at a million timers a second a
  * level-3 slot (268 ms) holds 268,000, several milliseconds of work during
- * which due timers wait. So the next bucket of a level at or above
- * SP_WHEEL_STAGE_LEVEL is spread ahead of time over a spare set of 64
- * buckets laid out as the level below it will be once the wheel time
- * reaches it: after each run, SP_WHEEL_STAGE_BUDGET timers; in a timeout
- * computation, as many as fit before the deadline the loop is about to
- * sleep to (work that delays nothing due; a loop that sleeps through the
- * staging window would otherwise do none). Timers armed for it meanwhile go
- * straight there. When the wheel time reaches it, the level below is empty
- * (the wheel time never passes a timer), and the spare set takes its place:
- * what is left to cascade at once is its first slot.
+ * which due timers wait. So each level at or above SP_WHEEL_STAGE_LEVEL
+ * spreads its next bucket, if big, ahead of time over a spare set of 64
+ * buckets of its own, laid out as the level below will be once the wheel
+ * time reaches it: after each run, SP_WHEEL_STAGE_BUDGET timers; in a
+ * timeout computation, as many as fit before the deadline the loop is
+ * about to sleep to (work that delays nothing due; a loop that sleeps
+ * through the staging window would otherwise do none). Timers armed for it
+ * meanwhile go straight there. When the wheel time reaches it, the level
+ * below is empty (the wheel time never passes a timer), and the spare set
+ * takes its place.
+ *
+ * The levels stage independently: a level-4 bucket is staged 4.3 s ahead,
+ * while the level-3 buckets before it come due and must be staged too.
+ * And the first part of a staged bucket, the one the wheel time enters
+ * when it lands, would be cascaded at once: so the level below stages that
+ * part, from the spare set above, as it would the next bucket of its own.
+ * A bucket being staged is known by its start, which tells such a part
+ * (whose start is in the next slot of the level above) from the wheel's
+ * bucket of the same digit.
  */
 
-#ifndef SP_WHEEL_STAGE_LEVEL
-#define SP_WHEEL_STAGE_LEVEL 3 /* >= SP_WHEEL_LEVELS: no staging */
-#endif
 #ifndef SP_WHEEL_STAGE_BUDGET
 #define SP_WHEEL_STAGE_BUDGET 2048 /* timers spread per call, at least */
 #endif
@@ -323,110 +375,146 @@ static uint64_t bucket_start(const sp_wheel *w, unsigned level, unsigned d)
 #endif
 #define STAGE_MIN SP_WHEEL_STAGE_MIN
 
-static void stage_spread(sp_wheel *w, unsigned budget)
+/* Spread up to `budget` timers of the bucket staged at `level`; returns
+ * what is left of the budget. */
+static unsigned stage_spread(sp_wheel *w, unsigned level, unsigned budget)
 {
+    sp_wheel_stage *s = stage_of(w, level);
     bool more;
     do {
         more = false;
         for (unsigned k = 0; k < SP_WHEEL_STRIPES && budget; k++) {
-            spindle_timer *t = w->stage_left[k];
+            spindle_timer *t = s->left[k];
             if (t) {
-                w->stage_left[k] = t->next;
+                s->left[k] = t->next;
                 if (t->next) {
                     /* A timer may be removed from what is left meanwhile. */
-                    t->next->pprev = &w->stage_left[k];
+                    t->next->pprev = &s->left[k];
                     __builtin_prefetch(t->next, 1);
                     more = true;
                 }
-                place_staged(w, t);
+                w->work++;
+                place_staged(w, level, t);
                 budget--;
             }
         }
     } while (more && budget);
+    return budget;
 }
 
-/* Whether a bucket holds at least `n` timers (it counts that far). */
-static bool bucket_holds(const sp_wheel *w, unsigned level, unsigned d,
+/* Whether a bucket's lists hold at least `n` timers (it counts that far).
+ * The stripes are walked side by side, as in place_all(): counting 4096
+ * timers one list at a time waited for one cache miss after another, 0.3
+ * to 0.6 ms during which due timers waited too. */
+static bool bucket_holds(sp_wheel *w, spindle_timer *const *lists,
                          unsigned n)
 {
-    spindle_timer *const *lists = w->slot[level][d];
+    w->work += n; /* at most */
+    spindle_timer *t[SP_WHEEL_STRIPES];
+    bool more = false;
     for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
-        for (spindle_timer *t = lists[k]; t; t = t->next) {
-            if (--n == 0) {
-                return true;
+        t[k] = lists[k];
+        more |= t[k] != NULL;
+    }
+    while (more) {
+        more = false;
+        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+            if (t[k]) {
+                if (--n == 0) {
+                    return true;
+                }
+                t[k] = t[k]->next;
+                more |= t[k] != NULL;
             }
         }
     }
     return false;
 }
 
-/* The bucket to stage next: the next one of the highest level at or above
- * SP_WHEEL_STAGE_LEVEL that has one with at least STAGE_MIN timers (a
- * smaller one cascades at once in well under a millisecond), and when its
- * staging should start (a quarter of its slot width before it). false:
- * none. */
-static bool stage_next(sp_wheel *w, unsigned *level, unsigned *d,
-                       int64_t *at)
+/* The next bucket `level` should stage, if it holds at least STAGE_MIN
+ * timers (a smaller one cascades at once in well under a millisecond): its
+ * next non-empty bucket or, past the level's last one, the first part of
+ * the bucket staged one level up. Returns its lists (NULL: none), its
+ * start, and when its staging should start (a quarter of its slot width
+ * before it). */
+static spindle_timer **stage_next(sp_wheel *w, unsigned level,
+                                  int64_t *start, int64_t *at)
 {
-    for (unsigned l = SP_WHEEL_LEVELS; l-- > SP_WHEEL_STAGE_LEVEL;) {
-        unsigned from = digit((uint64_t)w->cur, l) + 1;
-        uint64_t bits = from >= SP_WHEEL_SLOTS ? 0
-                        : w->nonempty[l] & (~(uint64_t)0 << from);
-        if (!bits) {
-            continue;
-        }
-        unsigned i = (unsigned)__builtin_ctzll(bits);
-        int64_t start = (int64_t)bucket_start(w, l, i);
-        if (w->counted_start[l] != start || w->counted_digit[l] != i) {
-            /* Counted once per bucket: the loop asks on every timeout. */
-            w->counted_start[l] = start;
-            w->counted_digit[l] = (uint8_t)i;
-            w->counted_big[l] = bucket_holds(w, l, i, STAGE_MIN);
-        }
-        if (!w->counted_big[l]) {
-            continue;
-        }
-        *level = l;
-        *d = i;
-        *at = start - ((int64_t)1 << (shift_of(l) - 2));
-        return true;
+    sp_wheel_stage *s = stage_of(w, level);
+    spindle_timer **lists;
+    unsigned from = digit((uint64_t)w->cur, level) + 1;
+    uint64_t bits = from >= SP_WHEEL_SLOTS
+                        ? 0
+                        : w->nonempty[level] & (~(uint64_t)0 << from);
+    while (bits && bucket_empty(w, level, (unsigned)__builtin_ctzll(bits))) {
+        w->nonempty[level] &= ~(bits & -bits); /* stale */
+        bits &= bits - 1;
     }
-    return false;
+    if (bits) {
+        unsigned i = (unsigned)__builtin_ctzll(bits);
+        *start = (int64_t)bucket_start(w, level, i);
+        lists = w->slot[level][i];
+    } else if (stages(level + 1) && stage_of(w, level + 1)->start >= 0 &&
+               (stage_of(w, level + 1)->nonempty & 1)) {
+        *start = stage_of(w, level + 1)->start;
+        lists = (*spare_of(w, level + 1))[0];
+    } else {
+        return NULL;
+    }
+    if (s->counted_start != *start) {
+        /* Counted once per bucket: the loop asks on every timeout. */
+        s->counted_start = *start;
+        s->counted_big = bucket_holds(w, lists, STAGE_MIN);
+        w->small = (uint16_t)(s->counted_big ? w->small & ~(1u << level)
+                                             : w->small | 1u << level);
+    }
+    *at = *start - ((int64_t)1 << (shift_of(level) - 2));
+    return s->counted_big ? lists : NULL;
 }
 
-/* Start staging the next bucket if its time has come, and spread part of
- * it: SP_WHEEL_STAGE_BUDGET timers, or as many as fit before `until` (what
- * is due next). */
+/* Start staging at each level whose time has come, and spread part of what
+ * is staged, lowest level (soonest due) first: SP_WHEEL_STAGE_BUDGET
+ * timers, or as many as fit before `until` (what is due next). */
 static void stage_work(sp_wheel *w, int64_t now, int64_t until)
 {
-    unsigned l, d;
-    int64_t at;
-    if (!w->stage_level && stage_next(w, &l, &d, &at) && at <= now) {
-        for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
-            w->stage_left[k] = w->slot[l][d][k];
-            if (w->stage_left[k]) {
-                w->stage_left[k]->pprev = &w->stage_left[k];
+    int64_t fit = until > now ? (until - now) / STAGE_NS_PER_TIMER : 0;
+    fit = fit < SP_WHEEL_STAGE_BUDGET ? SP_WHEEL_STAGE_BUDGET : fit;
+    unsigned budget = fit > UINT32_MAX ? UINT32_MAX : (unsigned)fit;
+    for (unsigned l = SP_WHEEL_STAGE_LEVEL; l < SP_WHEEL_LEVELS && budget;
+         l++) {
+        sp_wheel_stage *s = stage_of(w, l);
+        if (s->start < 0) {
+            int64_t start, at;
+            spindle_timer **lists = stage_next(w, l, &start, &at);
+            if (!lists || at > now) {
+                continue;
             }
-            w->slot[l][d][k] = NULL;
+            s->start = start;
+            w->staging |= (uint16_t)(1u << l);
+            for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
+                s->left[k] = lists[k];
+                if (s->left[k]) {
+                    s->left[k]->pprev = &s->left[k];
+                }
+                lists[k] = NULL;
+            }
+            if (stages(l + 1) && start == stage_of(w, l + 1)->start) {
+                stage_of(w, l + 1)->nonempty &= ~(uint64_t)1;
+            }
         }
-        w->stage_level = l;
-        w->stage_digit = d;
-    }
-    if (w->stage_level) {
-        int64_t fit = until > now ? (until - now) / STAGE_NS_PER_TIMER : 0;
-        fit = fit < SP_WHEEL_STAGE_BUDGET ? SP_WHEEL_STAGE_BUDGET : fit;
-        stage_spread(w, fit > UINT32_MAX ? UINT32_MAX : (unsigned)fit);
+        budget = stage_spread(w, l, budget);
     }
 }
 
-/* The wheel time reached the staged bucket: its spare set becomes the level
- * below. */
-static void stage_land(sp_wheel *w)
+/* The wheel time reached the bucket staged at `level`: its spare set
+ * becomes the level below. */
+static void stage_land(sp_wheel *w, unsigned level)
 {
-    stage_spread(w, UINT32_MAX);
-    unsigned below = w->stage_level - 1;
-    sp_wheel_bucket *spare = &w->slot[SP_WHEEL_LEVELS];
-    for (uint64_t bits = w->stage_nonempty; bits; bits &= bits - 1) {
+    sp_wheel_stage *s = stage_of(w, level);
+    stage_spread(w, level, UINT32_MAX);
+    unsigned below = level - 1;
+    sp_wheel_bucket *spare = spare_of(w, level);
+    for (uint64_t bits = s->nonempty; bits; bits &= bits - 1) {
         unsigned j = (unsigned)__builtin_ctzll(bits);
         for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
             spindle_timer *first = (*spare)[j][k];
@@ -437,19 +525,21 @@ static void stage_land(sp_wheel *w)
             (*spare)[j][k] = NULL;
         }
     }
-    w->nonempty[below] |= w->stage_nonempty;
-    w->nonempty[w->stage_level] &= ~((uint64_t)1 << w->stage_digit);
-    w->stage_nonempty = 0;
-    w->stage_level = 0;
+    w->nonempty[below] |= s->nonempty;
+    w->nonempty[level] &= ~((uint64_t)1 << digit((uint64_t)s->start, level));
+    s->nonempty = 0;
+    s->start = -1;
+    w->staging &= (uint16_t)~(1u << level);
 }
 
 /* Cascade a bucket whose slot the wheel time just entered. */
 static void cascade(sp_wheel *w, unsigned level, unsigned d)
 {
     if (is_staged(w, level, d)) {
-        stage_land(w);
+        stage_land(w, level);
         /* The wheel time is at the start of the slot: the first slot of the
-         * level below is its own, which must be empty. */
+         * level below is its own, which must be emptied (or landed, if
+         * that level staged it). */
         if (level > 1) {
             cascade(w, level - 1, digit((uint64_t)w->cur, level - 1));
         }
@@ -524,6 +614,7 @@ static void step(sp_wheel *w, unsigned level, unsigned d)
         t->pprev = pp;
         pp = &t->next;
         w->run_last = t;
+        w->work++;
     }
 }
 
@@ -553,6 +644,7 @@ static void merge_late(sp_wheel *w)
     spindle_timer *early = NULL;
     while (list) {
         spindle_timer *next = list->next;
+        w->work++;
         if ((uint64_t)list->key >= (uint64_t)w->cur) {
             place(w, list);
         } else {
@@ -597,29 +689,30 @@ static void rebase(sp_wheel *w, int64_t now)
         all = t;
     }
     w->run = w->run_last = NULL;
-    if (w->stage_level) {
+    for (unsigned l = SP_WHEEL_STAGE_LEVEL; l < SP_WHEEL_LEVELS; l++) {
+        sp_wheel_stage *s = stage_of(w, l);
+        sp_wheel_bucket *spare = spare_of(w, l);
         for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
-            for (spindle_timer *t = w->stage_left[k], *next; t; t = next) {
+            for (spindle_timer *t = s->left[k], *next; t; t = next) {
                 next = t->next;
                 t->next = all;
                 all = t;
             }
-            w->stage_left[k] = NULL;
+            s->left[k] = NULL;
         }
         for (unsigned d = 0; d < SP_WHEEL_SLOTS; d++) {
             for (unsigned k = 0; k < SP_WHEEL_STRIPES; k++) {
-                for (spindle_timer *t = w->slot[SP_WHEEL_LEVELS][d][k], *next;
-                     t; t = next) {
+                for (spindle_timer *t = (*spare)[d][k], *next; t; t = next) {
                     next = t->next;
                     t->next = all;
                     all = t;
                 }
-                w->slot[SP_WHEEL_LEVELS][d][k] = NULL;
+                (*spare)[d][k] = NULL;
             }
         }
-        w->stage_nonempty = 0;
-        w->stage_level = 0;
+        *s = (sp_wheel_stage){ .start = -1, .counted_start = -1 };
     }
+    w->staging = w->small = 0;
     for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
         for (unsigned d = 0; d < SP_WHEEL_SLOTS; d++) {
             spindle_timer *lists[SP_WHEEL_STRIPES];
@@ -653,8 +746,8 @@ static void check_clock(sp_wheel *w, int64_t now)
 void sp_wheel_init(sp_wheel *w, sp_wheel_bucket *buckets)
 {
     *w = (sp_wheel){ .run_now = NOT_RUNNING, .slot = buckets };
-    for (unsigned l = 0; l < SP_WHEEL_LEVELS; l++) {
-        w->counted_start[l] = -1;
+    for (unsigned l = SP_WHEEL_STAGE_LEVEL; l < SP_WHEEL_LEVELS; l++) {
+        *stage_of(w, l) = (sp_wheel_stage){ .start = -1, .counted_start = -1 };
     }
 }
 
@@ -698,8 +791,10 @@ void sp_wheel_move(sp_wheel *w, spindle_timer *t, int64_t key, uint32_t seq)
          ((int64_t)old > w->run_now && key > w->run_now))) {
         unsigned level, d;
         bucket_of(w, t, (uint64_t)key, &level, &d);
+        /* (While the level stages, relinking is right whichever bucket it
+         * stages: no need to find out here.) */
         if (((old ^ (uint64_t)key) >> shift_of(level)) == 0 &&
-            !is_staged(w, level, d)) {
+            !(w->staging >> level & 1)) {
             t->key = key;
             t->seq = seq;
             w->memo_valid = false;
@@ -759,6 +854,45 @@ void sp_wheel_end_run(sp_wheel *w, int64_t outer)
     w->run_now = outer;
 }
 
+/* A search for the earliest key of a bucket, which gives up past `max`
+ * timers. */
+struct scan {
+    int64_t min;
+    unsigned n, max;
+};
+
+static bool scan_lists(struct scan *sc, spindle_timer *const *lists,
+                       unsigned n)
+{
+    for (unsigned k = 0; k < n; k++) {
+        for (spindle_timer *t = lists[k]; t; t = t->next) {
+            if (++sc->n > sc->max) {
+                return false;
+            }
+            sc->min = t->key < sc->min ? t->key : sc->min;
+        }
+    }
+    return true;
+}
+
+/* A staged bucket: what is left to spread, its spare set, and the part of
+ * it that the level below stages. */
+static bool scan_staged(sp_wheel *w, unsigned level, struct scan *sc)
+{
+    for (;;) {
+        sp_wheel_stage *s = stage_of(w, level);
+        if (!scan_lists(sc, s->left, SP_WHEEL_STRIPES) ||
+            !scan_lists(sc, &(*spare_of(w, level))[0][0],
+                        SP_WHEEL_SLOTS * SP_WHEEL_STRIPES)) {
+            return false;
+        }
+        if (!stages(level - 1) || stage_of(w, level - 1)->start != s->start) {
+            return true;
+        }
+        level--;
+    }
+}
+
 /* `until`: the answer holds for every `now` before it while the wheel does
  * not change (time alone would make it cascade or open a bucket). */
 static int64_t next_key(sp_wheel *w, int64_t now, bool exact, int64_t *until)
@@ -797,28 +931,15 @@ static int64_t next_key(sp_wheel *w, int64_t now, bool exact, int64_t *until)
         }
         *until = (int64_t)start - EARLY_NS;
         /* Its earliest key is the earliest of the wheel. */
-        int64_t min = INT64_MAX;
-        unsigned n = 0;
-        /* A staged bucket is what is left of it plus the spare set. */
-        bool staged = is_staged(w, level, d);
-        spindle_timer **lists[2] = {
-            staged ? w->stage_left : w->slot[level][d],
-            &w->slot[SP_WHEEL_LEVELS][0][0],
-        };
-        unsigned nlists[2] = {
-            SP_WHEEL_STRIPES,
-            staged ? SP_WHEEL_SLOTS * SP_WHEEL_STRIPES : 0,
-        };
-        for (unsigned g = 0; g < 2; g++) {
-            for (unsigned k = 0; k < nlists[g]; k++) {
-                for (spindle_timer *t = lists[g][k]; t; t = t->next) {
-                    if (++n > SCAN_MAX && !exact) {
-                        return (int64_t)start < late ? (int64_t)start : late;
-                    }
-                    min = t->key < min ? t->key : min;
-                }
-            }
+        struct scan sc = { .min = INT64_MAX, .max = exact ? UINT_MAX : SCAN_MAX };
+        bool all = is_staged(w, level, d) ? scan_staged(w, level, &sc)
+                                          : scan_lists(&sc, w->slot[level][d],
+                                                       SP_WHEEL_STRIPES);
+        w->work += sc.n; /* an exact answer may walk a big bucket */
+        if (!all) {
+            return (int64_t)start < late ? (int64_t)start : late;
         }
+        int64_t min = sc.min;
         return min < late ? min : late;
     }
 }
@@ -847,16 +968,17 @@ int64_t sp_wheel_next(sp_wheel *w, int64_t now, bool exact)
     /* The loop is about to wait until `next`: staging work done now delays
      * nothing that is due, so do as much as that time allows. */
     stage_work(w, now, next);
-    unsigned l, d;
-    int64_t at;
-    if (!w->stage_level && stage_next(w, &l, &d, &at)) {
-        if (!exact && at > now && at < next) {
-            /* Wake when staging should start, not sleep through it. */
-            next = at;
+    for (unsigned l = SP_WHEEL_STAGE_LEVEL; l < SP_WHEEL_LEVELS; l++) {
+        int64_t start, at;
+        if (stage_of(w, l)->start < 0 && stage_next(w, l, &start, &at)) {
+            if (!exact && at > now && at < next) {
+                /* Wake when staging should start, not sleep through it. */
+                next = at;
+            }
+            until = at < until ? at : until;
         }
-        until = at < until ? at : until;
     }
-    w->memo_valid = w->run_now == NOT_RUNNING && !w->stage_level;
+    w->memo_valid = w->run_now == NOT_RUNNING && !w->staging;
     w->memo_exact = exact;
     w->memo_next = next;
     w->memo_from = w->cur - EARLY_NS - 2 * (int64_t)RES; /* check_clock */

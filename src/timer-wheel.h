@@ -42,7 +42,29 @@ struct spindle_timer {
 };
 
 typedef spindle_timer *sp_wheel_bucket[SP_WHEEL_SLOTS][SP_WHEEL_STRIPES];
-#define SP_WHEEL_BUCKETS (SP_WHEEL_LEVELS + 1) /* the levels, then a spare */
+
+/* Levels from this one up spread their next big bucket ahead of time
+ * (staging, timer-wheel.c), each over a spare set of buckets of its own. */
+#ifndef SP_WHEEL_STAGE_LEVEL
+#define SP_WHEEL_STAGE_LEVEL 3 /* >= SP_WHEEL_LEVELS: no staging */
+#endif
+#define SP_WHEEL_STAGED \
+    (SP_WHEEL_STAGE_LEVEL < SP_WHEEL_LEVELS ? SP_WHEEL_LEVELS - SP_WHEEL_STAGE_LEVEL : 0)
+/* The levels' buckets, then one spare set per staging level. */
+#define SP_WHEEL_BUCKETS (SP_WHEEL_LEVELS + SP_WHEEL_STAGED)
+
+/* One level's staging: the bucket being spread over the level's spare set,
+ * by its start (-1: none), and the count of the next one. */
+typedef struct sp_wheel_stage {
+    int64_t start;
+    spindle_timer *left[SP_WHEEL_STRIPES]; /* not spread yet */
+    uint64_t nonempty;                     /* of the spare set; may be stale */
+    /* The next bucket last counted (its start; -1: none) and whether it
+     * held enough to stage; a small verdict is forgotten when a timer is
+     * placed in that bucket. */
+    int64_t counted_start;
+    bool counted_big;
+} sp_wheel_stage;
 
 typedef struct sp_wheel {
     int64_t cur;             /* wheel time: where the unopened part starts */
@@ -52,27 +74,28 @@ typedef struct sp_wheel {
     spindle_timer *run_last;
     spindle_timer *late;     /* keys before cur, not yet sorted into run */
     uint64_t nonempty[SP_WHEEL_LEVELS]; /* may be stale: set, yet empty */
+    /* Bit L: level L stages a bucket (stage[].start), or holds a small
+     * verdict on its next one (stage[].counted_big): what placing a timer
+     * at that level must look at. */
+    uint16_t staging, small;
     sp_wheel_bucket *slot; /* [SP_WHEEL_BUCKETS] */
-    /* A big bucket being spread ahead of time over the level below
-     * (timer-wheel.c); stage_level 0: none. */
-    unsigned stage_level, stage_digit;
-    spindle_timer *stage_left[SP_WHEEL_STRIPES]; /* not spread yet */
-    uint64_t stage_nonempty;
-    /* Per level, the next bucket last counted for staging (start; -1:
-     * none) and whether it was big enough; a small verdict is forgotten
-     * when a timer is placed in that bucket. */
-    int64_t counted_start[SP_WHEEL_LEVELS];
-    uint8_t counted_digit[SP_WHEEL_LEVELS];
-    bool counted_big[SP_WHEEL_LEVELS];
     /* sp_wheel_next's last answer (memo_next, for memo_exact), which holds
      * for any `now` in [memo_from, memo_until) until the wheel changes:
      * every change clears memo_valid (timer-wheel.c). */
     bool memo_valid, memo_exact;
     int64_t memo_next, memo_from, memo_until;
+    /* Timers placed again, sorted or scanned so far (cascades, staging,
+     * opening, an exact timeout): work that takes time. A caller compares
+     * it before and after a call to know whether the time it read before
+     * the call is stale. */
+    uint64_t work;
+    /* Levels SP_WHEEL_STAGE_LEVEL and up, lowest first; last, as arming
+     * and disarming look at them only while a level stages. */
+    sp_wheel_stage stage[SP_WHEEL_STAGED ? SP_WHEEL_STAGED : 1];
 } sp_wheel;
 
 /* `buckets`: SP_WHEEL_BUCKETS zeroed buckets, which the caller allocates
- * (and frees): 41 KiB. */
+ * (and frees): 60 KiB. */
 void sp_wheel_init(sp_wheel *w, sp_wheel_bucket *buckets);
 /* Before inserting into an empty wheel: start the wheel time at `now`. */
 void sp_wheel_settle(sp_wheel *w, int64_t now);

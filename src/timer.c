@@ -516,6 +516,10 @@ bool sp_timers_run(spindle_ctx *ctx)
     return progress;
 }
 
+/* Timers moved by a timeout computation past which the clock is read
+ * again: a few microseconds of work. */
+#define STALE_WORK 256
+
 /* One clock's part of the timeout (-1: none armed), published for
  * request(). */
 static int64_t clock_timeout(sp_timer_clock *c, bool exact)
@@ -524,7 +528,14 @@ static int64_t clock_timeout(sp_timer_clock *c, bool exact)
     bool armed = c->wheel.linked;
     if (armed) {
         now = spindle_now_ns(c->clock);
+        uint64_t work = c->wheel.work;
         next = sp_wheel_next(&c->wheel, now, exact);
+        if (c->wheel.work - work > STALE_WORK) {
+            /* The wheel cascaded or staged a big bucket (milliseconds, at
+             * hundreds of thousands of timers): the timeout runs from
+             * now, or the loop would sleep that much past the deadline. */
+            now = spindle_now_ns(c->clock);
+        }
     }
     /* seq_cst: see request(). Unchanged, it needs no store: a request
      * that reads it decides as it would after one. */

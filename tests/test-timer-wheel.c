@@ -372,6 +372,12 @@ static void a_bucket_opened_early_leaves_nearer_timers_first(void **state)
     assert_int_equal(run(f, false), 4);
 }
 
+/* The staging state of a level (timer-wheel.c). */
+static sp_wheel_stage *stage(struct fixture *f, unsigned level)
+{
+    return &f->w.stage[level - SP_WHEEL_STAGE_LEVEL];
+}
+
 static void a_big_far_bucket_is_staged_and_lands_in_order(void **state)
 {
     struct fixture *f = *state;
@@ -398,8 +404,9 @@ static void a_big_far_bucket_is_staged_and_lands_in_order(void **state)
         }
         /* The timers at the front of what is left to spread: the ones
          * whose neighbours the spreading moves. */
-        for (unsigned s = 0; f->w.stage_level && s < SP_WHEEL_STRIPES; s++) {
-            spindle_timer *head = f->w.stage_left[s];
+        sp_wheel_stage *st = stage(f, 3);
+        for (unsigned s = 0; st->start >= 0 && s < SP_WHEEL_STRIPES; s++) {
+            spindle_timer *head = st->left[s];
             if (head && rnd(f) % 2) {
                 unsigned j = (unsigned)(head - f->t);
                 if (rnd(f) % 2) {
@@ -410,10 +417,51 @@ static void a_big_far_bucket_is_staged_and_lands_in_order(void **state)
             }
         }
         check_next(f);
-        seen_staging |= f->w.stage_level != 0;
+        seen_staging |= st->start >= 0;
         run(f, r % 3 == 0);
     }
     assert_true(seen_staging);
+}
+
+static void levels_stage_side_by_side_and_the_first_part_is_staged_below(
+    void **state)
+{
+    struct fixture *f = *state;
+    /* Timers in the last level-3 slots before a level-4 boundary, and in
+     * the level-4 bucket after it, most of them in its first level-3 part.
+     * The clock starts 5 s before the boundary: the level-4 bucket is
+     * staged from 4.3 s before it while the level-3 buckets before it come
+     * due and are staged too, and its first part, which the wheel time
+     * enters when the level-4 bucket lands, is staged by level 3 from the
+     * level-4 spare set. Meanwhile timers are moved into all of it. */
+    int64_t slot3 = (int64_t)1 << (SP_WHEEL_RES_BITS + 3 * SP_WHEEL_SLOT_BITS);
+    int64_t slot4 = slot3 << SP_WHEEL_SLOT_BITS;
+    int64_t b4 = (f->now / slot4 + 1) * slot4;
+    f->now = b4 - 5 * INT64_C(1000000000);
+    for (unsigned i = 0; i < 450; i++) {
+        int64_t key = i < 150   ? b4 - 3 * slot3 + (int64_t)(rnd(f) % (uint64_t)(3 * slot3))
+                      : i < 350 ? b4 + (int64_t)(rnd(f) % (uint64_t)slot3)
+                                : b4 + slot3 + (int64_t)(rnd(f) % (uint64_t)(3 * slot3));
+        arm(f, i, key);
+    }
+    bool side_by_side = false, first_part_below = false;
+    while (f->w.linked) {
+        f->now += (int64_t)(rnd(f) % (uint64_t)(slot3 / 64));
+        uint64_t r = rnd(f);
+        if (r % 4 == 0 && f->now < b4 + slot3) {
+            unsigned i = (unsigned)(rnd(f) % 450);
+            arm(f, i, f->now + (int64_t)(rnd(f) % (uint64_t)slot3));
+        } else if (r % 4 == 1 && f->now < b4) {
+            unsigned i = 150 + (unsigned)(rnd(f) % 200);
+            arm(f, i, b4 + (int64_t)(rnd(f) % (uint64_t)slot3));
+        }
+        check_next(f);
+        side_by_side |= stage(f, 3)->start >= 0 && stage(f, 4)->start >= 0;
+        first_part_below |= stage(f, 3)->start == b4 && f->w.cur < b4;
+        run(f, r % 3 == 0);
+    }
+    assert_true(side_by_side);
+    assert_true(first_part_below);
 }
 
 static void a_clock_moving_forward_never_sets_the_wheel_time_back(void **state)
@@ -516,6 +564,7 @@ int main(void)
         WHEEL_TEST(a_clock_going_back_an_hour_loses_and_advances_nothing),
         WHEEL_TEST(a_bucket_opened_early_leaves_nearer_timers_first),
         WHEEL_TEST(a_big_far_bucket_is_staged_and_lands_in_order),
+        WHEEL_TEST(levels_stage_side_by_side_and_the_first_part_is_staged_below),
         WHEEL_TEST(a_clock_moving_forward_never_sets_the_wheel_time_back),
         WHEEL_TEST(random_operations_agree_with_the_model),
     };
