@@ -24,7 +24,7 @@
  * - where the file system accepts RWF_NOWAIT, the write is tried so and
  *   goes to the engine when it would block (EAGAIN);
  * - every write made here is timed, and one slower than the budget
- *   (--inline-writes, 500 us by default) sends writes to the engine for a
+ *   (--inline-writes, 5 ms by default) sends writes to the engine for a
  *   pause: 100 ms, doubled after every slow write that follows a pause, up
  *   to 6.4 s, and back to 100 ms after a fast one. A thread that keeps
  *   hitting slow writes therefore stalls once per pause at most;

@@ -44,7 +44,7 @@
  * requests aligned to 4 KiB; --engine picks the disk engine (auto, uring,
  * pool, sync; see disk.h). Buffered writes are made by the loop thread
  * itself, not its engine, while each takes no longer than --inline-writes
- * ns (500 us; 0: never), since handing one to a worker thread costs more
+ * ns (5 ms; 0: never), since handing one to a worker thread costs more
  * than the write (disk-inline.c). At exit, stderr says how many writes
  * were made where.
  * SPDX-License-Identifier: MIT */
