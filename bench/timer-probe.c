@@ -10,6 +10,11 @@
  *   timer-probe live [n]     n timers due over one second after a 50 ms
  *                            lead, fired by blocking iterations: CPU ns
  *                            per timer, lateness (largest, 99th percentile)
+ *   timer-probe live-slow [n]  the same, and each iteration that took over
+ *                            500 us of wall-clock time: when it started,
+ *                            how long it took, the timers it fired, its
+ *                            kernel waits (0: the time went to work or to
+ *                            another thread; 1: mostly to a sleep)
  *
  * Under callgrind, the calls of one kind divided by their count give the
  * instructions per operation (spindle_timer_mod, spindle_poll).
@@ -103,13 +108,34 @@ static void churn(spindle_ctx *ctx, long ops)
     free(when);
 }
 
+/* Blocking iterations until every timer fired, each timed with the
+ * wall clock (a vDSO read: a clock read of the thread's CPU time would be a
+ * system call per iteration, and change what is measured); the slow ones
+ * are printed as they come. */
+static void live_slow(spindle_ctx *ctx, probe *p)
+{
+    while (p->fired < p->n) {
+        spindle_stats a, b;
+        long fired = p->fired;
+        spindle_get_stats(ctx, &a);
+        int64_t t0 = now_ns();
+        spindle_poll(ctx, true);
+        int64_t t1 = now_ns();
+        spindle_get_stats(ctx, &b);
+        if (t1 - t0 > 500000 && fired > 0)
+            printf("iteration at %.3f ms: %.0f us, %ld timers fired, %llu kernel waits\n",
+                   (double)(t0 - p->base) / 1e6, (double)(t1 - t0) / 1e3, p->fired - fired,
+                   (unsigned long long)(b.kernel_waits - a.kernel_waits));
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
     long n = argc > 2 ? atol(argv[2]) : 1000000;
-    bool live = !strcmp(mode, "live");
+    bool slow = !strcmp(mode, "live-slow"), live = slow || !strcmp(mode, "live");
     if (n <= 0 || (!live && strcmp(mode, "fire") && strcmp(mode, "churn"))) {
-        fprintf(stderr, "usage: timer-probe fire|churn|live [n]\n");
+        fprintf(stderr, "usage: timer-probe fire|churn|live|live-slow [n]\n");
         return 2;
     }
     spindle_ctx *ctx = spindle_ctx_new();
@@ -130,6 +156,7 @@ int main(int argc, char **argv)
     for (long i = 0; i < n; i++) {
         int64_t rank = (int64_t)((i * 7919) % n);
         p.delay[i] = live ? 50000000 + rank * (1000000000 / n) : 1000000 + rank * 20;
+        p.late_us[i] = -1; /* its pages faulted in now, not while timed */
         slots[i] = (slot){&p, (int32_t)i};
         t[i] = spindle_timer_new(ctx, SPINDLE_CLOCK_MONOTONIC, live ? on_live : on_fire,
                                  &slots[i]);
@@ -142,6 +169,8 @@ int main(int argc, char **argv)
     int64_t t1 = now_ns();
     if (live) {
         int64_t c0 = thread_cpu_ns();
+        if (slow)
+            live_slow(ctx, &p);
         while (p.fired < n)
             spindle_poll(ctx, true);
         int64_t c1 = thread_cpu_ns();
