@@ -180,8 +180,15 @@ bool sp_notify_wake_poll(void *opaque);
 /* spindle_notify(), skipped when the caller is the thread inside this
  * context's iteration: that thread re-reads everything before it sleeps. */
 void sp_notify_remote(spindle_ctx *ctx);
-/* This thread's identity, as stored in ctx->owner. */
-uintptr_t sp_thread_id(void);
+/* This thread's identity, as stored in ctx->owner: the address of a
+ * thread-local (notify.c). initial-exec: the library is loaded with the
+ * program, and the default model would cost a __tls_get_addr call on
+ * every spindle_poll and every timer arm. Inline, as timer arms ask. */
+extern _Thread_local char sp_thread_tag __attribute__((tls_model("initial-exec")));
+static inline uintptr_t sp_thread_id(void)
+{
+    return (uintptr_t)&sp_thread_tag;
+}
 /* Whether the calling thread is inside an iteration of ctx. */
 bool sp_on_loop_thread(const spindle_ctx *ctx);
 

@@ -23,19 +23,12 @@
 
 #include <errno.h>
 
-/* initial-exec: the library is loaded with the program, and the default
- * model would cost a __tls_get_addr call on every spindle_poll. */
-static _Thread_local char thread_tag __attribute__((tls_model("initial-exec")));
+_Thread_local char sp_thread_tag __attribute__((tls_model("initial-exec")));
 
 bool sp_on_loop_thread(const spindle_ctx *ctx)
 {
     return atomic_load_explicit(&ctx->owner, memory_order_relaxed) ==
-           (uintptr_t)&thread_tag;
-}
-
-uintptr_t sp_thread_id(void)
-{
-    return (uintptr_t)&thread_tag;
+           sp_thread_id();
 }
 
 bool sp_notify_request(spindle_ctx *ctx)
