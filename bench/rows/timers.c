@@ -3,8 +3,9 @@
  * ns per fire; each must fire once, in deadline order. Churn: re-arming and
  * stopping 10,000 armed timers a million times: ns per operation, on the
  * loop's thread (between iterations, and inside a callback) and from
- * another thread while the loop runs (libraries that allow it). The live second: a million timers due over one second,
- * fired by a loop running as it would: CPU per timer and lateness.
+ * another thread while the loop runs (libraries that allow it). The live
+ * second: a million timers due over one second, fired by a loop running
+ * as it would: CPU per timer and lateness.
  * SPDX-License-Identifier: MIT */
 #include <pthread.h>
 #include <stdatomic.h>
