@@ -1059,9 +1059,9 @@ static void compute_timeout_runs_from_after_the_work_it_did(void **state)
              * deadline had come by the end of the call). */
             if (before + timeout > first - took / 2) {
                 print_error("the call took %lld ns; its timeout, %lld ns, "
-                            "ends %lld ns after the deadline minus that\n",
+                            "ends %lld ns after the deadline less half that\n",
                             (long long)took, (long long)timeout,
-                            (long long)(before + timeout - (first - took)));
+                            (long long)(before + timeout - (first - took / 2)));
             }
             assert_true(before + timeout <= first - took / 2);
             checked++;
