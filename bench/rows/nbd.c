@@ -298,8 +298,7 @@ void row_nbd(void)
     snprintf(img_path, sizeof img_path, "%s/nbd-export.img", cfg.out_dir);
     snprintf(src_path, sizeof src_path, "%s/nbd-source.img", cfg.out_dir);
     write_random_file(src_path, img_size);
-    write_random_file(img_path, img_size);
-    bool direct = direct_supported(img_path), fresh = true;
+    bool direct = direct_supported(src_path); /* the export's directory */
     if (!direct)
         fprintf(stderr, "bench: nbd: %s does not take O_DIRECT: O_DIRECT lines skipped\n",
                 cfg.out_dir);
@@ -318,9 +317,7 @@ void row_nbd(void)
          * was written, nbdkit served 52k-55k 4 KiB writes a second at
          * queue depth 32 and nbd-server 85k-92k (two runs each); as the
          * last and the first line of the row, 82k-89k and 64k-78k. */
-        if (!fresh)
-            write_random_file(img_path, img_size);
-        fresh = false;
+        write_random_file(img_path, img_size);
         run_impl(k);
     }
     unlink(img_path);
