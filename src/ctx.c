@@ -8,6 +8,7 @@
 #include "ctx.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,25 +149,41 @@ bool sp_loop_enter(spindle_ctx *ctx)
         ctx->depth++;
         return true;
     }
-    /* Acquire pairs with the release in sp_loop_leave(): a thread that takes
-     * over the context sees what the previous one left. */
-    owner = 0;
-    if (!atomic_compare_exchange_strong_explicit(&ctx->owner, &owner, self,
-                                                 memory_order_acquire,
-                                                 memory_order_relaxed)) {
-        return false;
+    /* Taking `owner` takes the timers too: callbacks on this thread then
+     * arm them without a lock (timer.c). Acquire pairs with the release in
+     * sp_loop_leave() and in a timer call's let go: a thread that takes
+     * over the context sees what the previous holder left. */
+    for (unsigned spins = 0;; spins++) {
+        owner = 0;
+        if (atomic_compare_exchange_strong_explicit(&ctx->owner, &owner, self,
+                                                    memory_order_acquire,
+                                                    memory_order_relaxed)) {
+            break;
+        }
+        if (owner != SP_OWNER_TIMER_CALL) {
+            return false; /* another thread's iteration */
+        }
+        sp_backoff(spins); /* one timer call; it is short */
     }
     ctx->depth = 1;
-    /* Callbacks on this thread then arm timers without a lock (timer.c). */
-    sp_timers_claim(ctx);
     return true;
 }
 
 void sp_loop_leave(spindle_ctx *ctx)
 {
     if (--ctx->depth == 0) {
-        sp_timers_release(ctx);
         atomic_store_explicit(&ctx->owner, 0, memory_order_release);
+    }
+}
+
+void sp_backoff(unsigned spins)
+{
+    if (spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    } else {
+        sched_yield();
     }
 }
 

@@ -189,6 +189,13 @@ static inline uintptr_t sp_thread_id(void)
 {
     return (uintptr_t)&sp_thread_tag;
 }
+/* ctx->owner while a thread outside any iteration is inside one timer
+ * call (timer.c): never a thread's identity, which is an address. One word
+ * for both holders, so that an iteration takes the context and its timers
+ * with one compare-and-swap. */
+#define SP_OWNER_TIMER_CALL ((uintptr_t)1)
+/* Waiting for a holder that is about to let go: pause, then yield. */
+void sp_backoff(unsigned spins);
 /* Whether the calling thread is inside an iteration of ctx. */
 bool sp_on_loop_thread(const spindle_ctx *ctx);
 
@@ -267,10 +274,6 @@ typedef struct sp_timer_clock {
 
 int sp_timers_init(spindle_ctx *ctx);
 void sp_timers_destroy(spindle_ctx *ctx);
-/* The iteration holds the timers from sp_loop_enter to sp_loop_leave, so
- * that its thread arms them without a lock. */
-void sp_timers_claim(spindle_ctx *ctx);
-void sp_timers_release(spindle_ctx *ctx);
 bool sp_timers_run(spindle_ctx *ctx);
 /* ns to the earliest deadline, -1: none armed. With `exact` false it may
  * be shorter (never longer) when that saves a scan (timer-wheel.c). */
@@ -336,8 +339,8 @@ bool sp_iterate(spindle_ctx *ctx, bool blocking, bool drain);
         &(ctx)->field, memory_order_relaxed) + 1, memory_order_relaxed)
 
 struct spindle_ctx {
-    /* Which thread runs the iteration (the address of a thread-local) and
-     * how deeply it is nested. */
+    /* Which thread runs the iteration (the address of a thread-local), or
+     * SP_OWNER_TIMER_CALL, and how deeply the iteration is nested. */
     _Atomic uintptr_t owner;
     unsigned depth;
 
@@ -408,10 +411,10 @@ struct spindle_ctx {
     spindle_bh *bh_all;             /* loop thread: every non-oneshot BH */
 
     /* Timers (timer.c). The clocks and timer_seq belong to whoever holds
-     * timers_busy: the thread running the iteration, or a thread that
-     * takes it for one call while none runs. Other threads queue their
-     * requests on timer_queue (a stack of timers, linked by qnext). */
-    atomic_bool timers_busy;
+     * `owner`: the thread running the iteration, or a thread that takes it
+     * for one call while none runs (SP_OWNER_TIMER_CALL). Other threads
+     * queue their requests on timer_queue (a stack of timers, linked by
+     * qnext). */
     uint32_t timer_seq;
     _Atomic(spindle_timer *) timer_queue;
     _Atomic uint32_t timer_tickets;

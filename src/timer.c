@@ -4,13 +4,14 @@
  *
  * Each clock has a wheel (timer-wheel.c) that orders its armed timers.
  * The wheels, the slabs the timers live in and the sequence counter belong
- * to whoever holds the context's `timers_busy` flag:
+ * to whoever holds the context's `owner` word:
  *   - the thread running the iteration takes it in sp_loop_enter and keeps
  *     it to sp_loop_leave, so a callback that arms, re-arms or disarms a
  *     timer (the common case: a timeout re-armed on every read) touches the
  *     wheel directly, with no lock and no atomic read-modify-write;
- *   - any other thread takes it with one compare-and-swap when no
- *     iteration runs, for the length of one call (and wakes the loop if
+ *   - any other thread takes it (SP_OWNER_TIMER_CALL) with one
+ *     compare-and-swap when no iteration runs, for the length of one call
+ *     (and wakes the loop if
  *     it armed a timer earlier than `wake_at`: a host loop embedding the
  *     context sleeps outside any iteration, between spindle_prepare and
  *     spindle_check);
@@ -44,7 +45,6 @@
 #include "ctx.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -111,30 +111,19 @@ static void mark_used(spindle_timer *t)
 
 enum hold { HELD_BY_ITERATION, HELD_NOW, NOT_HELD };
 
-static void backoff(unsigned spins)
-{
-    if (spins < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    } else {
-        sched_yield();
-    }
-}
-
 static enum hold try_hold(spindle_ctx *ctx)
 {
-    if (atomic_load_explicit(&ctx->owner, memory_order_relaxed) ==
-        sp_thread_id()) {
-        return HELD_BY_ITERATION; /* taken in sp_timers_claim() */
+    uintptr_t owner = atomic_load_explicit(&ctx->owner, memory_order_relaxed);
+    if (owner == sp_thread_id()) {
+        return HELD_BY_ITERATION; /* taken in sp_loop_enter() */
     }
-    bool idle = false;
-    /* The relaxed look saves the read-modify-write while an iteration
-     * holds them. Acquire pairs with let_go()'s release: this thread sees
-     * the wheels as the last holder left them. */
-    if (!atomic_load_explicit(&ctx->timers_busy, memory_order_relaxed) &&
-        atomic_compare_exchange_strong_explicit(&ctx->timers_busy, &idle,
-                                                true, memory_order_acquire,
+    /* The relaxed look saves the read-modify-write while someone holds
+     * them. Acquire pairs with the release of the last holder (let_go(),
+     * sp_loop_leave()): this thread sees the wheels as it left them. */
+    if (owner == 0 &&
+        atomic_compare_exchange_strong_explicit(&ctx->owner, &owner,
+                                                SP_OWNER_TIMER_CALL,
+                                                memory_order_acquire,
                                                 memory_order_relaxed)) {
         return HELD_NOW;
     }
@@ -143,7 +132,7 @@ static enum hold try_hold(spindle_ctx *ctx)
 
 static void let_go(spindle_ctx *ctx)
 {
-    atomic_store_explicit(&ctx->timers_busy, false, memory_order_release);
+    atomic_store_explicit(&ctx->owner, 0, memory_order_release);
 }
 
 /* For the calls only the loop thread may make (SPEC section 1: or any
@@ -161,26 +150,8 @@ static bool hold_wait(spindle_ctx *ctx)
              * rules: end its sleep rather than wait for a wake-up. */
             spindle_notify(ctx);
         }
-        backoff(spins);
+        sp_backoff(spins);
     }
-}
-
-void sp_timers_claim(spindle_ctx *ctx)
-{
-    bool idle = false;
-    for (unsigned spins = 0; !atomic_compare_exchange_weak_explicit(
-             &ctx->timers_busy, &idle, true, memory_order_acquire,
-             memory_order_relaxed);
-         spins++) {
-        /* Another thread is inside one timer call; it is short. */
-        idle = false;
-        backoff(spins);
-    }
-}
-
-void sp_timers_release(spindle_ctx *ctx)
-{
-    let_go(ctx);
 }
 
 /* ------------------------------------------------------------------------
@@ -578,7 +549,6 @@ int64_t sp_timers_timeout(spindle_ctx *ctx, bool exact)
 
 int sp_timers_init(spindle_ctx *ctx)
 {
-    atomic_init(&ctx->timers_busy, false);
     atomic_init(&ctx->timer_queue, QUEUE_END);
     atomic_init(&ctx->timer_tickets, 0);
     for (int k = SPINDLE_CLOCK_MONOTONIC; k <= SPINDLE_CLOCK_REALTIME; k++) {
