@@ -9,13 +9,19 @@
 #include "rows.h"
 
 typedef struct wake {
+    /* Set up before the threads start, read by both. */
     const bench_adapter *a;
     void *loop_a, *loop_b, *to_a, *to_b;
-    long n, count;
-    int64_t cap; /* stop after this time even short of n */
-    bool busy, done;
+    long n;
+    bool busy;
+    /* Read by B at every iteration, written once at the end. */
     atomic_bool stop;
     int64_t cpu_b;
+    /* A's own, written at every round trip: on a line of their own, or
+     * every round trip would also move the line B reads stop from. */
+    _Alignas(64) long count;
+    int64_t cap; /* stop after this time even short of n */
+    bool done;
 } wake;
 
 static void on_b(void *p) /* on B's loop: answer A */
