@@ -65,15 +65,21 @@
 #include "server.h"
 
 /* ------------------------------------------------------------------------
- * Data buffers: a small cache per worker, by power-of-two size class, so a
- * steady stream of requests does not go to malloc for each one. */
+ * Data buffers: a cache per worker, by power-of-two size class, so a steady
+ * stream of requests does not go to malloc for each one. It keeps up to
+ * BUF_KEEP_BYTES, enough for what nbdcopy has in flight (4 connections of
+ * 64 requests of 256 KiB: 64 MiB). Buffers handed back to malloc are given
+ * back to the kernel (unmapped, or trimmed off the top of the thread's
+ * heap) and fault their pages in again when the next read fills them:
+ * keeping 32 per class, nbdcopy read a 1 GiB export in 2.3 s on a VM where
+ * page faults are dear; keeping 64 MiB, in 0.7 s. */
 
 struct free_buf {
     struct free_buf *next;
 };
 
 #define BUF_CLASSES 14 /* 4 KiB .. 32 MiB */
-#define BUF_KEEP 32    /* buffers kept per class (classes up to 1 MiB) */
+#define BUF_KEEP_BYTES ((size_t)64 << 20)
 
 static int buf_class(uint32_t size)
 {
@@ -89,7 +95,7 @@ void *worker_buf_get(worker *w, uint32_t size)
     struct free_buf *b = w->free_bufs[k];
     if (b) {
         w->free_bufs[k] = b->next;
-        w->n_free_bufs[k]--;
+        w->free_buf_bytes -= (size_t)4096 << k;
         return b;
     }
     void *p;
@@ -99,14 +105,15 @@ void *worker_buf_get(worker *w, uint32_t size)
 void worker_buf_put(worker *w, void *buf, uint32_t size)
 {
     int k = buf_class(size);
-    if (k > 8 || w->n_free_bufs[k] >= BUF_KEEP) {
+    size_t bytes = (size_t)4096 << k;
+    if (w->free_buf_bytes + bytes > BUF_KEEP_BYTES) {
         free(buf);
         return;
     }
     struct free_buf *b = buf;
     b->next = w->free_bufs[k];
     w->free_bufs[k] = b;
-    w->n_free_bufs[k]++;
+    w->free_buf_bytes += bytes;
 }
 
 void worker_bufs_free(worker *w)

@@ -40,9 +40,10 @@ struct worker {
     conn *conns;         /* open connections */
     int n_conns;         /* connections not yet freed */
     bool stopping;       /* shutting down: refuse new connections */
-    /* Freed data buffers kept for reuse, by size class (4 KiB << k). */
+    /* Freed data buffers kept for reuse, by size class (4 KiB << k), and
+     * their total size. */
     struct free_buf *free_bufs[14];
-    int n_free_bufs[14];
+    size_t free_buf_bytes;
 };
 
 /* Any thread: hand an accepted socket to w; its loop thread takes it from
