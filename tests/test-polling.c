@@ -990,10 +990,14 @@ static void poll_end_runs_right_before_a_kernel_wait(void **state)
 static void poll_begin_and_poll_end_alternate_strictly(void **state)
 {
     /* A deterministic mix of blocking and non-blocking iterations. The
-     * 100 us maximum keeps the windows moving both ways: 30 us timer waits
+     * 10 ms maximum keeps the windows moving both ways: 30 us timer waits
      * grow them all, and so may eventfd wake-ups (a's: the loop spins its
      * whole window, then finds the fd; on io_uring the first round of a
-     * spin finds it, a wait of 0), 1 ms timer waits shrink them all. */
+     * spin finds it, a wait of 0), 20 ms timer waits shrink them all. The
+     * maximum is far above 30 us because a VM's host may wake a sleeping
+     * loop milliseconds late: with 100 us, the 30 us waits that slept
+     * shrank the windows instead, and on io_uring (where nothing else
+     * grows them) they stayed closed in one run in four. */
     fixture *f = *state;
     poller *a = &f->a, *b = &f->b;
     poller_register(a, true);
@@ -1001,14 +1005,14 @@ static void poll_begin_and_poll_end_alternate_strictly(void **state)
     unsigned bh_runs = 0;
     spindle_bh *bh = spindle_bh_new(f->ctx, harness_count_cb, &bh_runs);
     assert_non_null(bh);
-    assert_int_equal(spindle_set_poll_params(f->ctx, 100 * US, 2, 4), 0);
+    assert_int_equal(spindle_set_poll_params(f->ctx, 10 * MS, 2, 4), 0);
 
     uint32_t rng = 12345;
     for (int op = 0; op < 200; op++) {
         rng = rng * 1103515245u + 12345u;
         switch ((rng >> 16) % 6) {
         case 0:
-            run_timer(f->ctx, NULL, GROW_WAIT_NS);
+            run_timer(f->ctx, NULL, 20 * MS);
             break;
         case 5:
             run_timer(f->ctx, NULL, 30 * US);
