@@ -105,17 +105,21 @@ static pid_t start(const http_impl *im, bool toggle, size_t k, int *port)
 
 enum { IMPLS_MAX = 8, REPS_MAX = 64 };
 
-/* All of impls' servers run at once and every repetition loads each of
- * them in turn, starting one further along each time. On the 2-vCPU VMs
- * every server, libev's and libuv's too, swings between about 55k and
- * 100k requests/s from one minute to the next (the host's doing: pinned
- * or not, the same binary does both); served one after the other, each
- * implementation's five runs could fall into one such phase and the
- * ratios swung 0.75-1.3x from one run of the row to the next. Interleaved,
- * every implementation sees the same phases, and the 50-connection figure,
- * where the servers differ by a few percent only (wrk's one thread is the
- * bottleneck: every server idles part of its CPU), takes 2 * reps - 1
- * rounds, so that one phase change moves no median far. */
+/* All of impls' servers run at once, pinned to one CPU, and every round
+ * loads each of them in turn from wrk pinned to another, starting one
+ * further along each time.
+ *
+ * Pinned: the two vCPUs of the development VM are not alike. A tight loop
+ * ran 2.7 times slower on the second than on the first for most of an
+ * hour, and unpinned, where the scheduler happened to put wrk decided the
+ * figure: every server, libev's and libuv's too, gave about 52k requests/s
+ * from some starts and about 75k from others. Unpinned, spindle's ratio
+ * to the best peer swung 0.75-1.3x from one run of the row to the next
+ * (0.84-1.08x interleaved); pinned, every line stays within 2%.
+ *
+ * Interleaved: the host's phases (minutes long) fall on every
+ * implementation alike, and the 50-connection figure, where the servers
+ * differ by a few percent only, takes 2 * reps - 1 rounds. */
 static void run_interleaved(const char *row, const http_impl *impls, size_t n, bool toggle)
 {
     int reps = cfg.reps, rounds = 2 * reps - 1 < REPS_MAX ? 2 * reps - 1 : REPS_MAX;
@@ -124,13 +128,18 @@ static void run_interleaved(const char *row, const http_impl *impls, size_t n, b
     bool on[IMPLS_MAX];
     static double rps[IMPLS_MAX][REPS_MAX], p50[IMPLS_MAX][REPS_MAX], p99[IMPLS_MAX][REPS_MAX];
     BENCH_CHECK(n <= IMPLS_MAX && rounds <= REPS_MAX, "http: too many implementations or reps");
+    /* Children inherit the affinity of the thread that forks them: the
+     * servers get the second CPU, every wrk the first. */
+    pin_thread_always(1);
     for (size_t k = 0; k < n; k++) {
         on[k] = impl_wanted(impls[k].label);
-        if (on[k]) {
+        if (on[k])
             pid[k] = start(&impls[k], toggle, k, &port[k]);
-            wrk(port[k], 50); /* warm-up, untimed */
-        }
     }
+    pin_thread_always(0);
+    for (size_t k = 0; k < n; k++)
+        if (on[k])
+            wrk(port[k], 50); /* warm-up, untimed */
     for (int r = 0; r < rounds; r++)
         for (size_t i = 0; i < n; i++) {
             size_t k = (i + (size_t)r) % n;
@@ -146,6 +155,7 @@ static void run_interleaved(const char *row, const http_impl *impls, size_t n, b
             p50[k][r] = w.p50_ns;
             p99[k][r] = w.p99_ns;
         }
+    unpin_thread();
     for (size_t k = 0; k < n; k++) {
         if (!on[k])
             continue;
