@@ -93,6 +93,7 @@ void result_add(const char *row, const char *param, const char *metric,
                 const char *impl, int kind, const double *v, int n,
                 const char *note);
 void results_print_table(FILE *f);
+double bench_median(const double *v, int n); /* n from 1 to 64 */
 void results_write_jsonl(const char *path, const char *machine_json);
 void results_write_svg(const char *path, const char *machine);
 

@@ -24,6 +24,15 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+double bench_median(const double *v, int n)
+{
+    double s[MAX_REPS];
+    BENCH_CHECK(n > 0 && n <= MAX_REPS, "median of %d values", n);
+    memcpy(s, v, n * sizeof *v);
+    qsort(s, n, sizeof *s, cmp_double);
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
 void result_add(const char *row, const char *param, const char *metric,
                 const char *impl, int kind, const double *v, int n,
                 const char *note)
@@ -38,13 +47,13 @@ void result_add(const char *row, const char *param, const char *metric,
     snprintf(r->note, sizeof r->note, "%s", note ? note : "");
     r->kind = kind;
     r->n = n;
-    double s[MAX_REPS];
     memcpy(r->v, v, n * sizeof *v);
-    memcpy(s, v, n * sizeof *v);
-    qsort(s, n, sizeof *s, cmp_double);
-    r->med = n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-    r->min = s[0];
-    r->max = s[n - 1];
+    r->med = bench_median(v, n);
+    r->min = r->max = v[0];
+    for (int i = 1; i < n; i++) {
+        r->min = v[i] < r->min ? v[i] : r->min;
+        r->max = v[i] > r->max ? v[i] : r->max;
+    }
     /* Progress on stderr, so a long run shows it is alive. */
     fprintf(stderr, "  %-22s %-10s %-14s %-20s %12.1f\n", row, param ? param : "",
             metric, impl, r->med);

@@ -105,6 +105,30 @@ static pid_t start(const http_impl *im, bool toggle, size_t k, int *port)
 
 enum { IMPLS_MAX = 8, REPS_MAX = 64 };
 
+/* For a spindle line: the median over rounds of its requests/s over the
+ * best peer's of the same round, which the host's phases (every server
+ * faster or slower together) do not move. */
+static const char *round_ratio_note(const http_impl *impls, size_t n, const bool *on,
+                                    double rps[][REPS_MAX], int rounds, size_t k)
+{
+    static char note[64];
+    double ratio[REPS_MAX];
+    int m = 0;
+    for (int r = 0; r < rounds && impls[k].kind == KIND_SPINDLE; r++) {
+        double best = 0;
+        for (size_t p = 0; p < n; p++)
+            if (on[p] && impls[p].kind == KIND_PEER && rps[p][r] > best)
+                best = rps[p][r];
+        if (best > 0)
+            ratio[m++] = rps[k][r] / best;
+    }
+    note[0] = 0;
+    if (m)
+        snprintf(note, sizeof note, "%.2fx the round's best peer (median)",
+                 bench_median(ratio, m));
+    return note;
+}
+
 /* All of impls' servers run at once, pinned to one CPU, and every round
  * loads each of them in turn from wrk pinned to another, starting one
  * further along each time.
@@ -161,7 +185,10 @@ static void run_interleaved(const char *row, const http_impl *impls, size_t n, b
             continue;
         server_stop(pid[k]);
         const http_impl *im = &impls[k];
-        result_add(row, "50 conns", "req/s", im->label, im->kind, rps[k], rounds, auto_note(im));
+        const char *an = auto_note(im), *rn = round_ratio_note(impls, n, on, rps, rounds, k);
+        char note[128];
+        snprintf(note, sizeof note, "%s%s%s", an ? an : "", an && *rn ? "; " : "", rn);
+        result_add(row, "50 conns", "req/s", im->label, im->kind, rps[k], rounds, note);
         if (toggle)
             continue;
         result_add(row, "1 conn", "p50 ns", im->label, im->kind, p50[k], reps, auto_note(im));
