@@ -6,8 +6,10 @@
  *         pool file-read nbd http
  * SPDX-License-Identifier: MIT */
 #include <dirent.h>
+#include <errno.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -115,6 +117,11 @@ int main(int argc, char **argv)
     }
     if (cfg.reps < 5 || cfg.reps > 64) {
         fprintf(stderr, "bench: --reps must be 5 to 64\n");
+        return 2;
+    }
+    /* Its parent must exist; the rows write their logs there. */
+    if (mkdir(out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "bench: --out %s: %s\n", out, strerror(errno));
         return 2;
     }
     cfg.out_dir = out;

@@ -143,10 +143,12 @@ static const char *round_ratio_note(const http_impl *impls, size_t n, const bool
  *
  * Interleaved: the host's phases (minutes long) fall on every
  * implementation alike, and the 50-connection figure, where the servers
- * differ by a few percent only, takes 2 * reps - 1 rounds. */
+ * differ by a few percent only, takes 2 * reps - 1 rounds (reps with
+ * QUICK=1). */
 static void run_interleaved(const char *row, const http_impl *impls, size_t n, bool toggle)
 {
-    int reps = cfg.reps, rounds = 2 * reps - 1 < REPS_MAX ? 2 * reps - 1 : REPS_MAX;
+    int reps = cfg.reps, rounds = cfg.quick ? reps : 2 * reps - 1;
+    rounds = rounds < REPS_MAX ? rounds : REPS_MAX;
     int port[IMPLS_MAX];
     pid_t pid[IMPLS_MAX];
     bool on[IMPLS_MAX];
