@@ -114,7 +114,9 @@ static const char *round_ratio_note(const http_impl *impls, size_t n, const bool
     static char note[64];
     double ratio[REPS_MAX];
     int m = 0;
-    for (int r = 0; r < rounds && impls[k].kind == KIND_SPINDLE; r++) {
+    if (impls[k].kind != KIND_SPINDLE)
+        return "";
+    for (int r = 0; r < rounds; r++) {
         double best = 0;
         for (size_t p = 0; p < n; p++)
             if (on[p] && impls[p].kind == KIND_PEER && rps[p][r] > best)
@@ -193,8 +195,8 @@ static void run_interleaved(const char *row, const http_impl *impls, size_t n, b
         result_add(row, "50 conns", "req/s", im->label, im->kind, rps[k], rounds, note);
         if (toggle)
             continue;
-        result_add(row, "1 conn", "p50 ns", im->label, im->kind, p50[k], reps, auto_note(im));
-        result_add(row, "1 conn", "p99 ns", im->label, im->kind, p99[k], reps, auto_note(im));
+        result_add(row, "1 conn", "p50 ns", im->label, im->kind, p50[k], reps, an);
+        result_add(row, "1 conn", "p99 ns", im->label, im->kind, p99[k], reps, an);
     }
 }
 
