@@ -912,11 +912,16 @@ static void timer_mod_in_rearmed_pushes_the_deadline_back(void **state)
     struct probe *p = probe_of(state);
 
     /* An idle timeout re-armed on every "read": it fires once, after the
-     * last re-arm, never at an earlier deadline. */
+     * last re-arm, never at an earlier deadline. The delay is long enough
+     * that no stall of the test thread (valgrind, a preempted vCPU) lets
+     * one of the earlier deadlines pass inside the loop: a 1 ms delay did
+     * under valgrind in CI. */
     int64_t last = 0;
     for (int i = 0; i < 50; i++) {
-        spindle_timer_mod_in(p->t, 1 * MS);
-        last = spindle_timer_expire_ns(p->t);
+        spindle_timer_mod_in(p->t, 200 * MS);
+        int64_t deadline = spindle_timer_expire_ns(p->t);
+        assert_true(deadline >= last);
+        last = deadline;
         assert_false(harness_poll(ctx, false));
     }
     harness_poll_until(ctx, &p->fired, 100000);
