@@ -66,7 +66,7 @@ void bench_free(void *p);
 bool impl_wanted(const char *label);
 void pin_thread(int idx);
 void pin_thread_always(int idx);
-void unpin_thread(void);
+void restore_main_pin(void);
 extern size_t bench_alloc_bytes; /* chunk bytes currently held */
 
 /* Other programs (bench/proc.c): servers and load generators for the nbd

@@ -81,11 +81,15 @@ void pin_thread_always(int idx)
     }
 }
 
-/* Let the calling thread run on every CPU the process was given again. */
-void unpin_thread(void)
+/* Give the main thread back the placement main() chose, once a row that
+ * pinned it is done: every CPU the process was given, or the first one
+ * under BENCH_PIN=1 (otherwise the rows after it would run unpinned). */
+void restore_main_pin(void)
 {
     read_allowed();
-    if (n_allowed > 0)
+    if (getenv("BENCH_PIN"))
+        pin_thread_always(0);
+    else if (n_allowed > 0)
         pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed);
 }
 

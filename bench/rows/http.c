@@ -183,7 +183,7 @@ static void run_interleaved(const char *row, const http_impl *impls, size_t n, b
             p50[k][r] = w.p50_ns;
             p99[k][r] = w.p99_ns;
         }
-    unpin_thread();
+    restore_main_pin();
     for (size_t k = 0; k < n; k++) {
         if (!on[k])
             continue;

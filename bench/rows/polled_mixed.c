@@ -265,5 +265,5 @@ void row_polled_mixed(void)
         result_add("polled-mixed", "loop cpu", "cpu-ns/rtt", lines[i].label, KIND_SPINDLE, cpu,
                    cfg.reps, "");
     }
-    unpin_thread();
+    restore_main_pin();
 }
