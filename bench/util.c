@@ -87,10 +87,9 @@ void pin_thread_always(int idx)
 void restore_main_pin(void)
 {
     read_allowed();
-    if (getenv("BENCH_PIN"))
-        pin_thread_always(0);
-    else if (n_allowed > 0)
+    if (n_allowed > 0)
         pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed);
+    pin_thread(0); /* what main() does */
 }
 
 /* With BENCH_PIN=1, pin the calling thread to the idx-th CPU it may run on
